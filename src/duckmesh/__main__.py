@@ -1,0 +1,3 @@
+from duckmesh.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""HTTP API: FastAPI app factory, auth, one router per area, error mapping."""

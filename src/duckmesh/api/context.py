@@ -1,0 +1,20 @@
+"""What the API needs, built once by the composition root (``cli.py``) and shared by requests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from duckmesh.bus.base import IngestBus
+from duckmesh.catalog.db import CatalogPool
+from duckmesh.config import Settings
+from duckmesh.ingest.service import IngestService
+from duckmesh.storage.base import ObjectStore
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    pool: CatalogPool
+    bus: IngestBus
+    store: ObjectStore
+    ingest: IngestService

@@ -1,0 +1,77 @@
+"""Every non-2xx answer has the same body: {error_code, message, retryable, context, trace_id}."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from duckmesh.errors import DuckMeshError
+from duckmesh.observability.logging import trace_id_var
+
+log = logging.getLogger(__name__)
+
+_HTTP_CODES = {
+    404: ("NOT_FOUND", "no such route"),
+    405: ("METHOD_NOT_ALLOWED", "method not allowed on this route"),
+    413: ("PAYLOAD_TOO_LARGE", "request body too large"),
+}
+
+
+def error_response(
+    status: int, code: str, message: str, *, retryable: bool = False, context: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    body = {
+        "error_code": code, "message": message, "retryable": retryable,
+        "context": context or {}, "trace_id": trace_id_var.get(),
+    }
+    return Response(
+        orjson.dumps(body, default=str), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+def _validation_context(exc: RequestValidationError) -> tuple[str, dict[str, Any]]:
+    """Group pydantic errors by record index, so every bad record is named once."""
+    by_record: dict[int, list[str]] = {}
+    other: list[str] = []
+    for err in exc.errors():
+        if err.get("type") == "json_invalid":
+            return "INVALID_JSON", {"reason": err.get("msg", "invalid JSON")}
+        loc = [p for p in err.get("loc", ()) if p != "body"]
+        text = f"{'.'.join(str(p) for p in loc[2:] or loc)}: {err.get('msg')}"
+        if len(loc) >= 2 and loc[0] == "records" and isinstance(loc[1], int):
+            by_record.setdefault(loc[1], []).append(text)
+        else:
+            other.append(text)
+    context: dict[str, Any] = {}
+    if by_record:
+        context["errors"] = [{"index": i, "errors": e} for i, e in sorted(by_record.items())]
+    if other:
+        context["request_errors"] = other
+    return "VALIDATION_FAILED", context
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(DuckMeshError)
+    async def _domain(_: Request, exc: DuckMeshError) -> Response:
+        if exc.http_status >= 500:
+            log.warning("request_failed", extra={"error_code": exc.error_code})
+        return error_response(
+            exc.http_status, exc.error_code, exc.message, retryable=exc.retryable, context=exc.context
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> Response:
+        code, context = _validation_context(exc)
+        return error_response(400, code, "the request body is not valid", context=context)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+        code, message = _HTTP_CODES.get(exc.status_code, ("HTTP_ERROR", str(exc.detail)))
+        return error_response(exc.status_code, code, message)

@@ -1,0 +1,114 @@
+"""Pure ASGI middleware: trace ids, access log and HTTP metrics, and the request body limit."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from duckmesh.api.errors import error_response
+from duckmesh.observability import metrics
+from duckmesh.observability.logging import new_trace_id, trace_id_var
+
+log = logging.getLogger("duckmesh.access")
+_FORM = b"application/x-www-form-urlencoded"
+_TRACE_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+
+def _incoming_trace_id(headers: dict[bytes, bytes]) -> str | None:
+    given = headers.get(b"x-trace-id", b"").decode("latin-1").strip()
+    if given and _TRACE_ID.match(given):
+        return given
+    parent = _TRACEPARENT.match(headers.get(b"traceparent", b"").decode("latin-1").strip())
+    return parent.group(1) if parent else None
+
+
+def _default_json_body(scope: Scope) -> dict[bytes, bytes]:
+    headers = dict(scope["headers"])
+    if scope.get("method") in ("POST", "PATCH", "PUT") and headers.get(b"content-type", b"") in (b"", _FORM):
+        # JSON is the API's body format (curl -d sends a form content type): read it as JSON.
+        headers[b"content-type"] = b"application/json"
+        scope["headers"] = list(headers.items())
+    return headers
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class RequestContextMiddleware:
+    """Sets the trace id, echoes it, enforces the body limit, logs one line per request."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = _default_json_body(scope)
+        trace_id = _incoming_trace_id(headers) or new_trace_id()
+        token = trace_id_var.set(trace_id)
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-trace-id", trace_id.encode())]
+            await send(message)
+
+        received = 0
+
+        async def receive_limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        try:
+            declared = headers.get(b"content-length")
+            if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+                raise _BodyTooLarge
+            await self.app(scope, receive_limited, send_wrapper)
+        except _BodyTooLarge:
+            if not response_started:
+                response = error_response(
+                    413, "PAYLOAD_TOO_LARGE", "request body too large",
+                    context={"max_body_bytes": self.max_body_bytes},
+                )
+                await response(scope, receive, send_wrapper)
+        except Exception:
+            # Nothing crashes the process and no stack trace reaches the client.
+            log.exception("unhandled_error")
+            if not response_started:
+                response = error_response(
+                    500, "INTERNAL", "internal error; see server logs with this trace id", retryable=True
+                )
+                await response(scope, receive, send_wrapper)
+        finally:
+            duration = time.perf_counter() - started
+            route = _route_template(scope)
+            method = scope.get("method", "")
+            metrics.HTTP_REQUESTS.labels(method, route, str(status)).inc()
+            metrics.HTTP_DURATION.labels(method, route).observe(duration)
+            log.info("http_request", extra={
+                "method": method, "route": route, "status": status, "duration_ms": round(duration * 1000, 3),
+            })
+            trace_id_var.reset(token)
+
+
+def _route_template(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return str(path) if path else "<unmatched>"

@@ -1,0 +1,1 @@
+"""PostgreSQL catalog: the only code that writes catalog SQL."""

@@ -1,0 +1,1 @@
+"""The commit plane: claim events, write Parquet, publish snapshots."""

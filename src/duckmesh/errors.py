@@ -1,0 +1,126 @@
+"""One error root. Each subclass knows its error code, HTTP status and whether a retry may help."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class DuckMeshError(Exception):
+    error_code: ClassVar[str] = "INTERNAL"
+    http_status: ClassVar[int] = 500
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str, **context: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.context = context
+
+
+class InvalidJson(DuckMeshError):
+    error_code, http_status = "INVALID_JSON", 400
+
+
+class RequestInvalid(DuckMeshError):
+    error_code, http_status = "REQUEST_INVALID", 400
+
+
+class RecordsRequired(DuckMeshError):
+    error_code, http_status = "RECORDS_REQUIRED", 400
+
+
+class ValidationFailed(DuckMeshError):
+    error_code, http_status = "VALIDATION_FAILED", 400
+
+
+class OpNotSupported(DuckMeshError):
+    error_code, http_status = "OP_NOT_SUPPORTED", 400
+
+
+class VisibilityTokenInvalid(DuckMeshError):
+    error_code, http_status = "VISIBILITY_TOKEN_INVALID", 400
+
+
+class TokenScopeMismatch(DuckMeshError):
+    error_code, http_status = "TOKEN_SCOPE_MISMATCH", 400
+
+
+class Unauthorized(DuckMeshError):
+    error_code, http_status = "UNAUTHORIZED", 401
+
+
+class Forbidden(DuckMeshError):
+    error_code, http_status = "FORBIDDEN", 403
+
+
+class NotFound(DuckMeshError):
+    error_code, http_status = "NOT_FOUND", 404
+
+
+class TableNotFound(DuckMeshError):
+    error_code, http_status = "TABLE_NOT_FOUND", 404
+
+
+class TenantNotFound(DuckMeshError):
+    error_code, http_status = "TENANT_NOT_FOUND", 404
+
+
+class SnapshotNotFound(DuckMeshError):
+    error_code, http_status = "SNAPSHOT_NOT_FOUND", 404
+
+
+class MethodNotAllowed(DuckMeshError):
+    error_code, http_status = "METHOD_NOT_ALLOWED", 405
+
+
+class TableExists(DuckMeshError):
+    error_code, http_status = "TABLE_EXISTS", 409
+
+
+class TenantExists(DuckMeshError):
+    error_code, http_status = "TENANT_EXISTS", 409
+
+
+class IdempotencyKeyReused(DuckMeshError):
+    error_code, http_status = "IDEMPOTENCY_KEY_REUSED", 409
+
+
+class PayloadTooLarge(DuckMeshError):
+    error_code, http_status = "PAYLOAD_TOO_LARGE", 413
+
+
+class ConsistencyTimeout(DuckMeshError):
+    error_code, http_status, retryable = "CONSISTENCY_TIMEOUT", 504, True
+
+
+class NotReady(DuckMeshError):
+    error_code, http_status, retryable = "NOT_READY", 503, True
+
+
+class CatalogUnavailable(DuckMeshError):
+    error_code, http_status, retryable = "CATALOG_UNAVAILABLE", 503, True
+
+
+class StorageError(DuckMeshError):
+    """An object-store operation failed and retrying will not help (e.g. access denied)."""
+
+    error_code, http_status = "STORAGE_ERROR", 500
+
+
+class TransientStorageError(StorageError):
+    """An object-store operation failed in a way a retry may fix (timeouts, 5xx, throttling)."""
+
+    error_code, http_status, retryable = "STORAGE_UNAVAILABLE", 503, True
+
+
+class ObjectNotFound(StorageError):
+    error_code, http_status = "OBJECT_NOT_FOUND", 404
+
+
+class LeaseLost(DuckMeshError):
+    """A worker's lease expired and another worker may own the work now; the worker must stop."""
+
+    error_code, http_status, retryable = "LEASE_LOST", 409, True
+
+
+class ConfigError(DuckMeshError):
+    error_code, http_status = "CONFIG_INVALID", 500

@@ -1,0 +1,33 @@
+"""The ingest request and receipt of API.md "Ingest"."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class IngestRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    idempotency_key: str = Field(min_length=1, max_length=512)
+    op: str = "insert"
+    payload: Any = None
+    event_time: str | None = None
+
+
+class IngestRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    records: list[IngestRecord] = Field(default_factory=list)
+    wait_for_visibility: bool = False
+    visibility_timeout_ms: int = Field(default=3000, ge=0, le=600_000)
+
+
+class IngestReceipt(BaseModel):
+    accepted_count: int
+    duplicate_count: int
+    max_visibility_token: int
+    visible_snapshot_id: int | None
+    status: Literal["accepted", "visible", "partial_duplicate"]
+    schema_version: int

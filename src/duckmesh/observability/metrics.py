@@ -1,0 +1,73 @@
+"""Prometheus metrics (prefix ``duckmesh_``). Label sets are bounded: tenant, table, route
+template, status, reason — never user-supplied free text."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+_LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+# ingest
+INGEST_REQUESTS = Counter("duckmesh_ingest_requests_total", "Ingest requests", ["tenant", "status"], registry=REGISTRY)
+INGEST_RECORDS = Counter("duckmesh_ingest_records_total", "Records accepted", ["tenant", "table"], registry=REGISTRY)
+INGEST_DUPLICATES = Counter(
+    "duckmesh_ingest_duplicates_total", "Records recognised as duplicates", ["tenant", "table"], registry=REGISTRY
+)
+INGEST_REJECTED = Counter(
+    "duckmesh_ingest_rejected_total", "Records or requests rejected", ["tenant", "reason"], registry=REGISTRY
+)
+INGEST_ACK_LATENCY = Histogram(
+    "duckmesh_ingest_ack_latency_seconds", "Time to acknowledge an ingest request", ["tenant"],
+    buckets=_LATENCY, registry=REGISTRY,
+)
+
+# freshness
+INGEST_LAG_EVENTS = Gauge(
+    "duckmesh_ingest_lag_events", "Accepted events not yet visible", ["tenant"], registry=REGISTRY
+)
+VISIBILITY_LAG = Gauge(
+    "duckmesh_visibility_lag_seconds", "Age of the oldest event not yet visible", ["tenant"], registry=REGISTRY
+)
+LATEST_VISIBILITY_TOKEN = Gauge(
+    "duckmesh_latest_visibility_token", "Watermark of the latest snapshot", ["tenant"], registry=REGISTRY
+)
+WRITE_TO_VISIBLE = Histogram(
+    "duckmesh_write_to_visible_latency_seconds", "From accept to published snapshot", ["tenant"],
+    buckets=_LATENCY, registry=REGISTRY,
+)
+CONSISTENCY_TIMEOUTS = Counter(
+    "duckmesh_consistency_timeout_total", "Barrier waits that timed out", ["tenant"], registry=REGISTRY
+)
+
+# coordinator
+CLAIM_BATCH_SIZE = Histogram(
+    "duckmesh_claim_batch_size", "Events per claimed batch",
+    buckets=(1, 10, 50, 100, 500, 1000, 5000, 10000, 50000), registry=REGISTRY,
+)
+CLAIM_RETRIES = Counter("duckmesh_claim_retries_total", "Events handed back for another attempt", registry=REGISTRY)
+COMMIT_BATCH_LATENCY = Histogram(
+    "duckmesh_commit_batch_latency_seconds", "Claim to published snapshot, per batch",
+    buckets=_LATENCY, registry=REGISTRY,
+)
+SNAPSHOT_PUBLISH_FAILURES = Counter(
+    "duckmesh_snapshot_publish_failures_total", "Publications that failed", ["reason"], registry=REGISTRY
+)
+EVENTS_FAILED = Counter("duckmesh_events_failed_total", "Events dead-lettered", ["tenant"], registry=REGISTRY)
+SNAPSHOTS_PUBLISHED = Counter(
+    "duckmesh_snapshots_published_total", "Snapshots published", ["tenant", "kind"], registry=REGISTRY
+)
+STORAGE_RETRIES = Counter("duckmesh_storage_retries_total", "Object store retries", registry=REGISTRY)
+
+# http
+HTTP_REQUESTS = Counter(
+    "duckmesh_http_requests_total", "HTTP requests", ["method", "route", "status"], registry=REGISTRY
+)
+HTTP_DURATION = Histogram(
+    "duckmesh_http_request_duration_seconds", "HTTP request duration", ["method", "route"],
+    buckets=_LATENCY, registry=REGISTRY,
+)
+
+
+def render() -> bytes:
+    return generate_latest(REGISTRY)

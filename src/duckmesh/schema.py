@@ -1,0 +1,356 @@
+"""Column types, table schemas and payload validation (pure, no I/O).
+
+A payload accepted by ingest is turned into its *canonical* form before it
+enters the bus; the canonical form is what idempotency compares and what the
+coordinator turns into Arrow columns:
+
+=========  ============================  =====================================
+type       accepted JSON                 canonical value
+=========  ============================  =====================================
+boolean    true / false                  bool
+int32/64   integer in range              int
+float32/64 number, "NaN", "Infinity"...  float, or the special string
+decimal    string or number, exact       string (plain notation)
+string     string                        str
+binary     base64 string                 base64 string
+date       "YYYY-MM-DD"                  int days since 1970-01-01
+timestamp  RFC 3339 string (naive=UTC)   int microseconds since epoch (UTC)
+json       any JSON value                compact JSON text (sorted keys)
+=========  ============================  =====================================
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from decimal import Context, Decimal, InvalidOperation
+from typing import Any, Literal
+
+import orjson
+import pyarrow as pa
+
+from duckmesh.domain import EVENT_TIME_COLUMN, OP_COLUMN, TOKEN_COLUMN, Op
+
+NAME_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_DECIMAL_PATTERN = re.compile(r"^decimal\((\d{1,2}),\s*(\d{1,2})\)$")
+SIMPLE_TYPES = ("boolean", "int32", "int64", "float32", "float64", "string", "binary", "date", "timestamp", "json")
+CompatibilityMode = Literal["backward", "forward", "full", "none"]
+_EPOCH_DATE = date(1970, 1, 1)
+_DECIMAL_CONTEXT = Context(prec=80)
+_INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
+_SPECIAL_FLOATS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+class SchemaError(ValueError):
+    """A table definition is not valid (bad name, type, key...)."""
+
+
+def normalize_type(raw: str) -> str:
+    text = raw.strip().lower()
+    if text in SIMPLE_TYPES:
+        return text
+    match = _DECIMAL_PATTERN.match(text)
+    if match:
+        precision, scale = int(match.group(1)), int(match.group(2))
+        if not 1 <= precision <= 38 or scale > precision:
+            raise SchemaError(f"decimal precision must be 1..38 and scale <= precision, got {raw!r}")
+        return f"decimal({precision},{scale})"
+    raise SchemaError(f"unknown column type {raw!r}; allowed: {', '.join(SIMPLE_TYPES)}, decimal(p,s)")
+
+
+def decimal_params(type_name: str) -> tuple[int, int]:
+    match = _DECIMAL_PATTERN.match(type_name)
+    if not match:
+        raise SchemaError(f"not a decimal type: {type_name}")
+    return int(match.group(1)), int(match.group(2))
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    nullable: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "type": self.type, "nullable": self.nullable}
+
+
+@dataclass(frozen=True)
+class TableSchema:
+    columns: tuple[Column, ...]
+    primary_key: tuple[str, ...] = ()
+    partition_by: tuple[str, ...] = ()
+    by_name: Mapping[str, Column] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by_name", {c.name: c for c in self.columns})
+
+    @classmethod
+    def build(
+        cls,
+        columns: Iterable[Mapping[str, Any]],
+        primary_key: Sequence[str] = (),
+        partition_by: Sequence[str] = (),
+    ) -> TableSchema:
+        """Validate a user-supplied definition; raises SchemaError naming every problem."""
+        problems: list[str] = []
+        built: list[Column] = []
+        seen: set[str] = set()
+        for spec in columns:
+            name = str(spec.get("name", ""))
+            if not NAME_PATTERN.match(name) or name.startswith("_dm_"):
+                problems.append(f"column name {name!r} must match {NAME_PATTERN.pattern} and not start with _dm_")
+                continue
+            if name in seen:
+                problems.append(f"column {name!r} is declared twice")
+                continue
+            seen.add(name)
+            try:
+                type_name = normalize_type(str(spec.get("type", "")))
+            except SchemaError as exc:
+                problems.append(f"column {name!r}: {exc}")
+                continue
+            nullable = bool(spec.get("nullable", True)) and name not in primary_key
+            built.append(Column(name, type_name, nullable))
+        if not built and not problems:
+            problems.append("a table needs at least one column")
+        problems += _key_problems(built, seen, primary_key, partition_by)
+        if problems:
+            raise SchemaError("; ".join(problems))
+        return cls(tuple(built), tuple(primary_key), tuple(partition_by))
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TableSchema:
+        return cls(
+            tuple(Column(c["name"], c["type"], c["nullable"]) for c in data["columns"]),
+            tuple(data.get("primary_key", ())),
+            tuple(data.get("partition_by", ())),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "columns": [c.to_json() for c in self.columns],
+            "primary_key": list(self.primary_key),
+            "partition_by": list(self.partition_by),
+        }
+
+    @property
+    def keyed(self) -> bool:
+        return bool(self.primary_key)
+
+    def arrow_schema(self) -> pa.Schema:
+        """Schema of data files: the user's columns, then the hidden bookkeeping columns."""
+        fields = [pa.field(c.name, arrow_type(c.type), nullable=c.nullable) for c in self.columns]
+        fields += [
+            pa.field(TOKEN_COLUMN, pa.int64(), nullable=False),
+            pa.field(OP_COLUMN, pa.string(), nullable=False),
+            pa.field(EVENT_TIME_COLUMN, pa.timestamp("us", tz="UTC"), nullable=False),
+        ]
+        return pa.schema(fields)
+
+
+def _key_problems(
+    columns: list[Column], names: set[str], primary_key: Sequence[str], partition_by: Sequence[str]
+) -> list[str]:
+    problems: list[str] = []
+    types = {c.name: c.type for c in columns}
+    for key in primary_key:
+        if key not in names:
+            problems.append(f"primary key column {key!r} is not a column")
+        elif types.get(key) in ("json", "float32", "float64"):
+            problems.append(f"primary key column {key!r} cannot be of a float or json type")
+    if len(set(primary_key)) != len(primary_key):
+        problems.append("primary key names a column twice")
+    problems += [f"partition column {key!r} is not a column" for key in partition_by if key not in names]
+    return problems
+
+
+def arrow_type(type_name: str) -> pa.DataType:
+    simple: dict[str, pa.DataType] = {
+        "boolean": pa.bool_(),
+        "int32": pa.int32(),
+        "int64": pa.int64(),
+        "float32": pa.float32(),
+        "float64": pa.float64(),
+        "string": pa.string(),
+        "binary": pa.binary(),
+        "date": pa.date32(),
+        "timestamp": pa.timestamp("us", tz="UTC"),
+        "json": pa.string(),
+    }
+    if type_name in simple:
+        return simple[type_name]
+    precision, scale = decimal_params(type_name)
+    return pa.decimal128(precision, scale)
+
+
+def duckdb_type(type_name: str) -> str:
+    """The SQL type a column has in query results."""
+    names = {
+        "boolean": "BOOLEAN", "int32": "INTEGER", "int64": "BIGINT", "float32": "FLOAT",
+        "float64": "DOUBLE", "string": "VARCHAR", "binary": "BLOB", "date": "DATE",
+        "timestamp": "TIMESTAMP WITH TIME ZONE", "json": "JSON",
+    }
+    if type_name in names:
+        return names[type_name]
+    precision, scale = decimal_params(type_name)
+    return f"DECIMAL({precision},{scale})"
+
+
+# ---------------------------------------------------------------------------
+# value checks: each returns the canonical value or raises ValueError(reason)
+
+Checker = Callable[[Any], Any]
+
+
+def _check_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    raise ValueError("expected a boolean")
+
+
+def _int_checker(type_name: str) -> Checker:
+    low, high = _INT_RANGES[type_name]
+
+    def check(value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer ({type_name})")
+        if not low <= value <= high:
+            raise ValueError(f"integer out of range for {type_name}")
+        return value
+
+    return check
+
+
+def _check_float(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("expected a number")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str) and value in _SPECIAL_FLOATS:
+        return value
+    raise ValueError('expected a number (or "NaN", "Infinity", "-Infinity")')
+
+
+def _decimal_checker(type_name: str) -> Checker:
+    precision, scale = decimal_params(type_name)
+    quantum = Decimal(1).scaleb(-scale)
+
+    def check(value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise ValueError(f"expected a decimal as string or number ({type_name})")
+        try:
+            number = Decimal(str(value))
+        except InvalidOperation:
+            raise ValueError(f"not a decimal number ({type_name})") from None
+        if not number.is_finite():
+            raise ValueError("decimal must be finite")
+        quantized = number.quantize(quantum, context=_DECIMAL_CONTEXT)
+        if quantized != number:
+            raise ValueError(f"more than {scale} fractional digits ({type_name})")
+        if len(quantized.as_tuple().digits) > precision:
+            raise ValueError(f"too many digits for {type_name}")
+        return format(quantized, "f")
+
+    return check
+
+
+def _check_string(value: Any) -> Any:
+    if isinstance(value, str):
+        return value
+    raise ValueError("expected a string")
+
+
+def _check_binary(value: Any) -> Any:
+    if not isinstance(value, str):
+        raise ValueError("expected base64 text")
+    try:
+        base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("invalid base64") from None
+    return value
+
+
+def _check_date(value: Any) -> Any:
+    if not isinstance(value, str):
+        raise ValueError("expected a date as YYYY-MM-DD")
+    try:
+        return (date.fromisoformat(value) - _EPOCH_DATE).days
+    except ValueError:
+        raise ValueError("invalid date, expected YYYY-MM-DD") from None
+
+
+def parse_timestamp(value: Any) -> datetime:
+    """RFC 3339 text to an aware UTC datetime (text without offset is taken as UTC)."""
+    if not isinstance(value, str):
+        raise ValueError("expected an RFC 3339 timestamp string")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError("invalid RFC 3339 timestamp") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def timestamp_micros(moment: datetime) -> int:
+    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _check_timestamp(value: Any) -> Any:
+    return timestamp_micros(parse_timestamp(value))
+
+
+def _check_json(value: Any) -> Any:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def checker_for(type_name: str) -> Checker:
+    fixed: dict[str, Checker] = {
+        "boolean": _check_bool, "float32": _check_float, "float64": _check_float,
+        "string": _check_string, "binary": _check_binary, "date": _check_date,
+        "timestamp": _check_timestamp, "json": _check_json,
+    }
+    if type_name in fixed:
+        return fixed[type_name]
+    if type_name in _INT_RANGES:
+        return _int_checker(type_name)
+    return _decimal_checker(type_name)
+
+
+class PayloadValidator:
+    """Validates payload dicts against one schema version; compiled once per schema."""
+
+    def __init__(self, schema: TableSchema) -> None:
+        self.schema = schema
+        self._checkers = [(c.name, c.nullable, checker_for(c.type)) for c in schema.columns]
+        self._key_checkers = [(n, False, checker_for(schema.by_name[n].type)) for n in schema.primary_key]
+
+    def canonical(self, payload: Any, op: Op) -> tuple[dict[str, Any], list[str]]:
+        """Return (canonical payload, problems). Problems name the column and the reason."""
+        if not isinstance(payload, dict):
+            return {}, ["payload must be a JSON object"]
+        problems = [f"unknown column {name!r}" for name in payload if name not in self.schema.by_name]
+        checkers = self._key_checkers if op is Op.DELETE else self._checkers
+        out: dict[str, Any] = {}
+        for name, nullable, check in checkers:
+            value = payload.get(name)
+            if value is None:
+                if not nullable:
+                    problems.append(f"column {name!r} is required")
+                continue
+            try:
+                out[name] = check(value)
+            except ValueError as exc:
+                problems.append(f"column {name!r}: {exc}")
+        return out, problems
+
+
+def decode_special_float(value: Any) -> Any:
+    return _SPECIAL_FLOATS.get(value, value) if isinstance(value, str) else value

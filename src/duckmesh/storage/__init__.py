@@ -1,0 +1,1 @@
+"""Object storage for data files: the ``ObjectStore`` port and its adapters."""

@@ -1,0 +1,61 @@
+"""The ``ObjectStore`` port. Keys are relative, '/'-separated, and never contain '..'.
+
+Every adapter passes ``tests/contract/test_object_store_contract.py`` unchanged.
+Methods are synchronous (callers in async code use ``asyncio.to_thread``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from duckmesh.errors import StorageError
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    modified_at: datetime
+
+
+class ObjectStore(Protocol):
+    url: str
+
+    def put(self, key: str, data: bytes) -> None:
+        """Write the whole object atomically: readers see all of it or nothing.
+        Raises TransientStorageError (retry may help) or StorageError."""
+        ...
+
+    def get(self, key: str) -> bytes:
+        """Raises ObjectNotFound, TransientStorageError or StorageError."""
+        ...
+
+    def head(self, key: str) -> ObjectInfo | None:
+        """None when the object does not exist."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Idempotent: deleting a missing object is not an error."""
+        ...
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix`` (a folder-like prefix ends with '/')."""
+        ...
+
+    def local_path(self, key: str) -> str | None:
+        """A filesystem path DuckDB can read directly, when the store is local."""
+        ...
+
+    def check_writable(self) -> None:
+        """Raise StorageError unless a small object can be written and removed."""
+        ...
+
+
+def check_key(key: str) -> str:
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\\" in key:
+        raise StorageError("invalid object key", key=key)
+    return key
