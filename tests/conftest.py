@@ -1,0 +1,199 @@
+"""Shared fixtures: a real PostgreSQL for every test, cloned from a migrated template.
+
+DSN: ``DUCKMESH_TEST_DSN`` when set, else the local server on 127.0.0.1:5432 when it answers,
+else an embedded server (pgserver) under a temporary directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import socket
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from psycopg import sql
+
+from duckmesh.api.app import create_app
+from duckmesh.api.context import AppContext
+from duckmesh.bus.postgres import PostgresBus
+from duckmesh.catalog import migrate, tenants
+from duckmesh.catalog.db import CatalogPool
+from duckmesh.catalog.notify import INGEST_CHANNEL, Listener
+from duckmesh.config import Settings
+from duckmesh.domain import ALL_ROLES, Role
+from duckmesh.ingest.service import IngestService
+from duckmesh.storage.local import LocalObjectStore
+from duckmesh.storage.retry import RetryingObjectStore
+
+# The test session must not pick up a developer's DUCKMESH_* settings.
+_TEST_DSN = os.environ.get("DUCKMESH_TEST_DSN")
+for _name in [n for n in os.environ if n.startswith("DUCKMESH_")]:
+    del os.environ[_name]
+
+_LOCAL_DSNS = (
+    "postgresql://postgres@127.0.0.1:5432/test",
+    "postgresql://root@127.0.0.1:5432/test",
+)
+
+
+def _answers(dsn: str) -> bool:
+    try:
+        with psycopg.connect(dsn, connect_timeout=2):
+            return True
+    except psycopg.Error:
+        return False
+
+
+@pytest.fixture(scope="session")
+def admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if _TEST_DSN:
+        yield _TEST_DSN
+        return
+    for dsn in _LOCAL_DSNS:
+        if _answers(dsn):
+            yield dsn
+            return
+    import pgserver
+
+    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    yield server.get_uri("postgres")
+
+
+def _with_db(dsn: str, name: str) -> str:
+    info = psycopg.conninfo.conninfo_to_dict(dsn)
+    info["dbname"] = name
+    return psycopg.conninfo.make_conninfo(**info)
+
+
+@pytest.fixture(scope="session")
+def template_db(admin_dsn: str) -> str:
+    """A database migrated to the latest version, named after the migrations' content."""
+    digest = hashlib.sha256("".join(m.up for m in migrate.available()).encode()).hexdigest()[:12]
+    name = f"duckmesh_tpl_{digest}"
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(4242)")
+        try:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+            if not exists:
+                building = f"{name}_build_{os.getpid()}"
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(building)))
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(building)))
+                migrate.upgrade(_with_db(admin_dsn, building))
+                conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                    sql.Identifier(building), sql.Identifier(name)))
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(4242)")
+    return name
+
+
+@pytest.fixture
+def dsn(admin_dsn: str, template_db: str) -> Iterator[str]:
+    """A fresh, migrated catalog database for one test."""
+    name = f"dmtest_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+            sql.Identifier(name), sql.Identifier(template_db)))
+    yield _with_db(admin_dsn, name)
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def empty_dsn(admin_dsn: str) -> Iterator[str]:
+    """A database with no schema at all (for migration tests)."""
+    name = f"dmempty_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield _with_db(admin_dsn, name)
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+async def pool(dsn: str) -> AsyncIterator[CatalogPool]:
+    async with CatalogPool(dsn, max_size=20) as opened:
+        yield opened
+
+
+@pytest.fixture
+async def listener(dsn: str) -> AsyncIterator[Listener]:
+    started = Listener(dsn, (INGEST_CHANNEL,))
+    await started.start()
+    yield started
+    await started.stop()
+
+
+@pytest.fixture
+def bus(pool: CatalogPool) -> PostgresBus:
+    return PostgresBus(pool)
+
+
+@pytest.fixture
+def object_dir(tmp_path: Path) -> Path:
+    return tmp_path / "objects"
+
+
+@pytest.fixture
+def store(object_dir: Path) -> RetryingObjectStore:
+    return RetryingObjectStore(LocalObjectStore(object_dir.as_uri()), attempts=3, base_delay=0.001)
+
+
+def make_settings(**overrides: Any) -> Settings:
+    return Settings(**{"profile": "test", "catalog_dsn": "postgresql://unused", **overrides})
+
+
+@pytest.fixture
+def settings(object_dir: Path, dsn: str) -> Settings:
+    return make_settings(object_store_url=object_dir.as_uri(), catalog_dsn=dsn)
+
+
+@pytest.fixture
+def app_context(settings: Settings, pool: CatalogPool, bus: PostgresBus, store: RetryingObjectStore) -> AppContext:
+    ingest = IngestService(
+        pool, bus, max_records=settings.max_records_per_request, max_payload_bytes=settings.max_payload_bytes
+    )
+    return AppContext(settings, pool, bus, store, ingest)
+
+
+@pytest.fixture
+async def client(app_context: AppContext) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(app_context)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
+
+
+KeyMaker = Callable[..., Any]
+
+
+@pytest.fixture
+def make_key(pool: CatalogPool) -> KeyMaker:
+    """``await make_key("tenant", roles=[...])`` -> auth headers; creates the tenant if needed."""
+
+    async def make(tenant: str = "acme", roles: list[Role] | None = None) -> dict[str, str]:
+        async with pool.connection() as conn:
+            found = await tenants.ensure_tenant(conn, tenant)
+            _, secret = await tenants.create_key(conn, found.tenant_id, roles or list(ALL_ROLES))
+        return {"Authorization": f"Bearer {secret}"}
+
+    return make
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def scratch_dir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="duckmesh-test-") as path:
+        yield Path(path)
