@@ -6,7 +6,6 @@ else an embedded server (pgserver) under a temporary directory.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import socket
