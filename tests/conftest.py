@@ -26,9 +26,11 @@ from duckmesh.bus.postgres import PostgresBus
 from duckmesh.catalog import migrate, tenants
 from duckmesh.catalog.db import CatalogPool
 from duckmesh.catalog.notify import INGEST_CHANNEL, Listener
+from duckmesh.cli import build_query_service
 from duckmesh.config import Settings
 from duckmesh.domain import ALL_ROLES, Role
 from duckmesh.ingest.service import IngestService
+from duckmesh.query.barrier import VisibilityBarrier
 from duckmesh.storage.local import LocalObjectStore
 from duckmesh.storage.retry import RetryingObjectStore
 
@@ -155,11 +157,23 @@ def settings(object_dir: Path, dsn: str) -> Settings:
 
 
 @pytest.fixture
-def app_context(settings: Settings, pool: CatalogPool, bus: PostgresBus, store: RetryingObjectStore) -> AppContext:
+async def barrier(pool: CatalogPool, dsn: str) -> AsyncIterator[VisibilityBarrier]:
+    async with VisibilityBarrier(pool, dsn, poll_interval=0.5) as started:
+        yield started
+
+
+@pytest.fixture
+def app_context(
+    settings: Settings, pool: CatalogPool, bus: PostgresBus, store: RetryingObjectStore, barrier: VisibilityBarrier,
+    tmp_path: Path,
+) -> AppContext:
     ingest = IngestService(
-        pool, bus, max_records=settings.max_records_per_request, max_payload_bytes=settings.max_payload_bytes
+        pool, bus, max_records=settings.max_records_per_request, max_payload_bytes=settings.max_payload_bytes,
+        wait_for_visibility=barrier.wait_for_ingest,
     )
-    return AppContext(settings, pool, bus, store, ingest)
+    settings = settings.model_copy(update={"cache_dir": tmp_path / "cache"})
+    query = build_query_service(settings, pool, store, barrier)
+    return AppContext(settings, pool, bus, store, ingest, query)
 
 
 @pytest.fixture

@@ -29,6 +29,11 @@ from duckmesh.domain import ALL_ROLES, Role
 from duckmesh.errors import ConfigError, DuckMeshError
 from duckmesh.ingest.service import IngestService
 from duckmesh.observability.logging import configure
+from duckmesh.query.barrier import VisibilityBarrier
+from duckmesh.query.engine import QueryEngine
+from duckmesh.query.service import QueryLimits, QueryService
+from duckmesh.storage.base import ObjectStore
+from duckmesh.storage.cache import FileCache
 from duckmesh.storage.factory import open_object_store
 
 log = logging.getLogger("duckmesh")
@@ -77,21 +82,43 @@ class Runtime:
     work_listener: Listener | None
 
 
+def build_query_service(
+    settings: Settings, pool: CatalogPool, store: ObjectStore, barrier: VisibilityBarrier
+) -> QueryService:
+    cache = FileCache(store, settings.resolved_cache_dir, settings.cache_max_bytes)
+    engine = QueryEngine(cache, memory_limit=settings.query_memory_limit, threads=settings.query_threads)
+    limits = QueryLimits(
+        default_row_limit=settings.query_default_row_limit,
+        max_row_limit=settings.query_max_row_limit,
+        timeout=settings.query_timeout_ms / 1000,
+        max_consistency_timeout=settings.max_consistency_timeout_ms / 1000,
+        max_concurrency=settings.query_max_concurrency,
+        queue_timeout=settings.query_queue_timeout_ms / 1000,
+    )
+    return QueryService(pool, engine, barrier, limits)
+
+
 @asynccontextmanager
-async def open_runtime(settings: Settings, dsn: str, *, coordinator: bool) -> AsyncIterator[Runtime]:
+async def open_runtime(settings: Settings, dsn: str, *, api: bool, coordinator: bool) -> AsyncIterator[Runtime]:
     pool = CatalogPool(dsn, max_size=settings.catalog_pool_size)
     await pool.open()
     listener = Listener(dsn, (INGEST_CHANNEL,)) if coordinator else None
+    barrier = VisibilityBarrier(pool, dsn, poll_interval=settings.barrier_poll_interval_ms / 1000)
     try:
         if listener is not None:
             await listener.start()
+        if api:
+            await barrier.start()
         bus = PostgresBus(pool, listener)
         store = open_object_store(settings)
         ingest = IngestService(
-            pool, bus, max_records=settings.max_records_per_request, max_payload_bytes=settings.max_payload_bytes
+            pool, bus, max_records=settings.max_records_per_request, max_payload_bytes=settings.max_payload_bytes,
+            wait_for_visibility=barrier.wait_for_ingest,
         )
-        yield Runtime(settings, pool, bus, AppContext(settings, pool, bus, store, ingest), listener)
+        query = build_query_service(settings, pool, store, barrier)
+        yield Runtime(settings, pool, bus, AppContext(settings, pool, bus, store, ingest, query), listener)
     finally:
+        await barrier.stop()
         if listener is not None:
             await listener.stop()
         await pool.close()
@@ -187,7 +214,7 @@ def up() -> None:
     log.info("starting", extra={"catalog": redact_dsn(dsn), "http_addr": settings.http_addr})
 
     async def main() -> None:
-        async with open_runtime(settings, dsn, coordinator=True) as runtime:
+        async with open_runtime(settings, dsn, api=True, coordinator=True) as runtime:
             await _bootstrap(runtime)
             await _serve(runtime, api=True, coordinator=True)
 
@@ -202,7 +229,7 @@ def api() -> None:
     dsn = catalog_dsn(settings)
 
     async def main() -> None:
-        async with open_runtime(settings, dsn, coordinator=False) as runtime:
+        async with open_runtime(settings, dsn, api=True, coordinator=False) as runtime:
             if not settings.auth_required:
                 log.warning("auth_disabled", extra={"hint": "X-Tenant-ID names the tenant"})
             await _serve(runtime, api=True, coordinator=False)
@@ -218,7 +245,7 @@ def coordinator() -> None:
     dsn = catalog_dsn(settings)
 
     async def main() -> None:
-        async with open_runtime(settings, dsn, coordinator=True) as runtime:
+        async with open_runtime(settings, dsn, api=False, coordinator=True) as runtime:
             await _serve(runtime, api=False, coordinator=True)
 
     with cli_errors():

@@ -64,6 +64,19 @@ class Settings(BaseSettings):
     coordinator_max_attempts: int = Field(default=5, ge=1)
     coordinator_id: str | None = None
 
+    # query
+    query_default_row_limit: int = Field(default=10_000, ge=1)
+    query_max_row_limit: int = Field(default=1_000_000, ge=1)
+    query_timeout_ms: int = Field(default=30_000, ge=10)
+    query_memory_limit: str = "1GB"
+    query_threads: int = Field(default=2, ge=1)
+    query_max_concurrency: int = Field(default=8, ge=1)
+    query_queue_timeout_ms: int = Field(default=2_000, ge=0)
+    max_consistency_timeout_ms: int = Field(default=60_000, ge=0)
+    barrier_poll_interval_ms: int = Field(default=1_000, ge=10)
+    cache_dir: Path | None = None
+    cache_max_bytes: int = Field(default=2 * 1024**3, ge=1024 * 1024)
+
     # object store retries
     storage_retry_attempts: int = Field(default=6, ge=1)
     storage_retry_base_delay_ms: int = Field(default=50, ge=1)
@@ -116,6 +129,10 @@ class Settings(BaseSettings):
         if self.object_store_url:
             return self.object_store_url
         return (self.state_dir.resolve() / "objects").as_uri()
+
+    @property
+    def resolved_cache_dir(self) -> Path:
+        return (self.cache_dir or self.state_dir / "cache").resolve()
 
     @property
     def flush_interval(self) -> float:

@@ -124,3 +124,33 @@ class LeaseLost(DuckMeshError):
 
 class ConfigError(DuckMeshError):
     error_code, http_status = "CONFIG_INVALID", 500
+
+
+class SqlRequired(DuckMeshError):
+    error_code, http_status = "SQL_REQUIRED", 400
+
+
+class SqlNotAllowed(DuckMeshError):
+    error_code, http_status = "SQL_NOT_ALLOWED", 400
+
+
+class QueryInvalid(DuckMeshError):
+    error_code, http_status = "QUERY_INVALID", 400
+
+
+class SnapshotSelectorConflict(DuckMeshError):
+    error_code, http_status = "SNAPSHOT_SELECTOR_CONFLICT", 400
+
+
+class QueryTimeout(DuckMeshError):
+    error_code, http_status, retryable = "QUERY_TIMEOUT", 408, True
+
+
+class QueryConcurrencyLimit(DuckMeshError):
+    error_code, http_status, retryable = "QUERY_CONCURRENCY_LIMIT", 429, True
+
+
+class QueryResourceLimit(DuckMeshError):
+    """The query needed more memory than its limit allows."""
+
+    error_code, http_status = "QUERY_RESOURCE_LIMIT", 400

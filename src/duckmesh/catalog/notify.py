@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 import psycopg
 
@@ -20,9 +21,12 @@ SNAPSHOT_CHANNEL = "duckmesh_snapshot"
 
 
 class Listener:
-    def __init__(self, dsn: str, channels: tuple[str, ...]) -> None:
+    def __init__(
+        self, dsn: str, channels: tuple[str, ...], on_notify: Callable[[str, str], None] | None = None
+    ) -> None:
         self._dsn = dsn
         self._channels = channels
+        self._on_notify = on_notify
         self._generation = 0
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
@@ -55,6 +59,8 @@ class Listener:
                     await self._bump()
                     async for note in conn.notifies():
                         self.last_payload[note.channel] = note.payload
+                        if self._on_notify is not None:
+                            self._on_notify(note.channel, note.payload)
                         await self._bump()
             except asyncio.CancelledError:
                 raise

@@ -227,3 +227,42 @@ async def live_files(conn: AsyncConn, tenant_id: TenantId, snapshot_id: int) -> 
         {"t": tenant_id, "s": snapshot_id},
     )
     return [DataFile.from_row(r) for r in await cur.fetchall()]
+
+
+async def snapshot_at(conn: AsyncConn, tenant_id: TenantId, moment: datetime) -> Snapshot:
+    """The snapshot current at ``moment``: the newest created at or before it."""
+    cur = await conn.execute(
+        "SELECT * FROM snapshot WHERE tenant_id = %s AND created_at <= %s AND expired_at IS NULL"
+        " ORDER BY snapshot_id DESC LIMIT 1",
+        (tenant_id, moment),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        raise SnapshotNotFound("no snapshot at or before that time", snapshot_time=moment.isoformat())
+    return Snapshot.from_row(row)
+
+
+async def issued_token(conn: AsyncConn, tenant_id: TenantId) -> int:
+    cur = await conn.execute(
+        "SELECT next_visibility_token - 1 AS issued FROM tenant_counter WHERE tenant_id = %s", (tenant_id,)
+    )
+    row = await cur.fetchone()
+    if row is None:
+        raise TenantNotFound("tenant does not exist", tenant_id=tenant_id)
+    return int(row["issued"])
+
+
+async def acquire_lease(conn: AsyncConn, tenant_id: TenantId, snapshot_id: int, owner: str, seconds: float) -> int:
+    """Register that a query reads ``snapshot_id``; retention keeps it while the lease lives."""
+    cur = await conn.execute(
+        "INSERT INTO snapshot_lease (tenant_id, snapshot_id, owner, expires_at)"
+        " VALUES (%s, %s, %s, now() + make_interval(secs => %s)) RETURNING lease_id",
+        (tenant_id, snapshot_id, owner, seconds),
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row["lease_id"])
+
+
+async def release_lease(conn: AsyncConn, lease_id: int) -> None:
+    await conn.execute("DELETE FROM snapshot_lease WHERE lease_id = %s", (lease_id,))

@@ -16,7 +16,7 @@ from duckmesh.catalog.db import CatalogPool
 from duckmesh.catalog.tables import TableDef
 from duckmesh.catalog.tenants import Principal
 from duckmesh.domain import Op, SnapshotId, TableId, TenantId, VisibilityToken
-from duckmesh.errors import OpNotSupported, PayloadTooLarge, RecordsRequired, ValidationFailed
+from duckmesh.errors import ConsistencyTimeout, OpNotSupported, PayloadTooLarge, RecordsRequired, ValidationFailed
 from duckmesh.ingest.models import IngestReceipt, IngestRecord, IngestRequest
 from duckmesh.observability import metrics
 from duckmesh.schema import PayloadValidator, parse_timestamp
@@ -76,9 +76,14 @@ class IngestService:
         metrics.INGEST_DUPLICATES.labels(tenant, table_name).inc(outcome.duplicate_count)
         metrics.INGEST_ACK_LATENCY.labels(tenant).observe(time.perf_counter() - started)
         if request.wait_for_visibility and self._wait is not None:
-            snapshot_id = await self._wait(
-                principal.tenant_id, receipt_token(receipt), request.visibility_timeout_ms / 1000
-            )
+            try:
+                snapshot_id = await self._wait(
+                    principal.tenant_id, receipt_token(receipt), request.visibility_timeout_ms / 1000
+                )
+            except ConsistencyTimeout as exc:
+                # The write itself was accepted: the context says so, and retrying is safe.
+                exc.context.update(max_visibility_token=receipt.max_visibility_token, accepted=True)
+                raise
             receipt = receipt.model_copy(update={"visible_snapshot_id": snapshot_id, "status": "visible"})
         return receipt
 

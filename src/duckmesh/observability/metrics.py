@@ -59,6 +59,30 @@ SNAPSHOTS_PUBLISHED = Counter(
 )
 STORAGE_RETRIES = Counter("duckmesh_storage_retries_total", "Object store retries", registry=REGISTRY)
 
+# query
+QUERY_REQUESTS = Counter("duckmesh_query_requests_total", "Queries", ["tenant", "status"], registry=REGISTRY)
+QUERY_LATENCY = Histogram(
+    "duckmesh_query_latency_seconds", "Query latency (server side, barrier wait included)", ["tenant"],
+    buckets=_LATENCY, registry=REGISTRY,
+)
+QUERY_SCANNED_FILES = Histogram(
+    "duckmesh_query_scanned_files", "Data files bound to a query", buckets=(0, 1, 2, 5, 10, 50, 100, 500, 1000),
+    registry=REGISTRY,
+)
+QUERY_SCANNED_BYTES = Histogram(
+    "duckmesh_query_scanned_bytes", "Bytes of data files bound to a query",
+    buckets=(1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10), registry=REGISTRY,
+)
+QUERY_CACHE_HITS = Counter(
+    "duckmesh_query_cache_hits_total", "Data files served from the local cache", registry=REGISTRY
+)
+QUERY_CACHE_MISSES = Counter(
+    "duckmesh_query_cache_misses_total", "Data files fetched from the object store", registry=REGISTRY
+)
+BARRIER_WAIT = Histogram(
+    "duckmesh_barrier_wait_seconds", "Time spent waiting for a visibility token", buckets=_LATENCY, registry=REGISTRY
+)
+
 # http
 HTTP_REQUESTS = Counter(
     "duckmesh_http_requests_total", "HTTP requests", ["method", "route", "status"], registry=REGISTRY

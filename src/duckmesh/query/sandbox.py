@@ -1,0 +1,96 @@
+"""SQL sandbox, first line of defence: parse with sqlglot (DuckDB dialect) and allow only one
+read-only query over the tenant's own tables.
+
+What runs in DuckDB is the SQL regenerated from the checked syntax tree, never the original
+text, so comment and quoting tricks cannot make DuckDB see something the checker did not.
+The second line of defence is DuckDB itself (see ``engine.py``): external access disabled
+except the tenant's own file directory, and configuration locked.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ParseError, TokenError
+
+from duckmesh.errors import QueryInvalid, SqlNotAllowed
+
+# Function names refused anywhere: file/URL readers, environment and settings access,
+# catalog introspection, dynamic SQL and extension loading.
+_DENIED_FUNCTIONS = re.compile(
+    r"^(read_.*|.*_scan|scan_.*|glob|getenv|current_setting|duckdb_.*|pragma_.*|query|query_table|"
+    r"sniff_csv|parquet_.*|iceberg_.*|delta_.*|load|install|.*_extension.*|file|which_secret|"
+    r"json_execute_serialized_sql|sql_auto_complete|enable_.*|disable_.*|checkpoint|force_checkpoint|"
+    r"from_substrait.*|get_substrait.*|set_.*|current_database|current_schemas?|"
+    r"has_.*_privilege|pg_.*|sqlite_.*|postgres_.*|mysql_.*|http.*|s3_.*|copy_.*|export_.*|import_.*)$",
+    re.IGNORECASE,
+)
+# Table functions that only generate values (no I/O) may appear in FROM.
+_ALLOWED_TABLE_FUNCTIONS = (exp.GenerateSeries, exp.Unnest, exp.ExplodingGenerateSeries)
+
+
+@dataclass(frozen=True)
+class CheckedQuery:
+    sql: str
+    tables: frozenset[str]
+
+
+def _function_name(node: exp.Func) -> str:
+    if isinstance(node, exp.Anonymous):
+        return str(node.name)
+    return str(node.sql_name())
+
+
+def _cte_names(tree: exp.Query) -> set[str]:
+    return {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
+
+
+def check(sql: str, tenant_tables: Iterable[str]) -> CheckedQuery:
+    """Return the SQL to run and the tenant tables it reads; raise SqlNotAllowed or QueryInvalid."""
+    if not sql or not sql.strip():
+        raise SqlNotAllowed("the query is empty")
+    try:
+        statements = [s for s in sqlglot.parse(sql, read="duckdb") if s is not None]
+    except (ParseError, TokenError) as exc:
+        raise QueryInvalid("the SQL could not be parsed", reason=str(exc).splitlines()[0][:300]) from None
+    if len(statements) != 1:
+        raise SqlNotAllowed("exactly one statement is allowed", statements=len(statements))
+    tree = statements[0]
+    if not isinstance(tree, exp.Query):
+        raise SqlNotAllowed("only SELECT (or WITH ... SELECT) queries are allowed", statement=tree.key)
+    allowed = {t.lower() for t in tenant_tables}
+    ctes = _cte_names(tree)
+    used: set[str] = set()
+    for node in tree.walk():
+        if isinstance(node, exp.Func):
+            name = _function_name(node)
+            if _DENIED_FUNCTIONS.match(name):
+                raise SqlNotAllowed(f"function {name.lower()}() is not allowed", function=name.lower())
+        if isinstance(node, exp.Table):
+            used |= _check_table(node, allowed, ctes)
+        if isinstance(node, (exp.Command, exp.Pragma, exp.Set, exp.Copy, exp.Create, exp.Insert, exp.Update,
+                             exp.Delete, exp.Drop, exp.Alter, exp.Use, exp.Attach, exp.Detach, exp.Install)):
+            raise SqlNotAllowed("only read-only queries are allowed", statement=node.key)
+    return CheckedQuery(tree.sql(dialect="duckdb"), frozenset(used))
+
+
+def _check_table(node: exp.Table, allowed: set[str], ctes: set[str]) -> set[str]:
+    target = node.this
+    if isinstance(target, exp.Func):
+        if isinstance(target, _ALLOWED_TABLE_FUNCTIONS):
+            return set()
+        raise SqlNotAllowed(f"table function {_function_name(target).lower()}() is not allowed")
+    if not isinstance(target, exp.Identifier):
+        raise SqlNotAllowed("only the tenant's tables can be queried")
+    if node.args.get("db") or node.args.get("catalog"):
+        raise SqlNotAllowed("qualified table names are not allowed; use the bare table name", table=node.sql())
+    name = str(target.this).lower()
+    if name in ctes:
+        return set()
+    if name not in allowed:
+        raise SqlNotAllowed(f"unknown table {target.this!r}", table=str(target.this))
+    return {name}
