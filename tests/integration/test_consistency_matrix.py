@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+
 from duckmesh.bus.postgres import PostgresBus
 from duckmesh.catalog.db import CatalogPool
 from duckmesh.catalog.notify import Listener

@@ -34,15 +34,16 @@ class ObjectStore(Protocol):
         ...
 
     def head(self, key: str) -> ObjectInfo | None:
-        """None when the object does not exist."""
+        """None when the object does not exist (a folder-like prefix is not an object)."""
         ...
 
     def delete(self, key: str) -> None:
-        """Idempotent: deleting a missing object is not an error."""
+        """Idempotent: deleting a missing object (or a folder-like prefix) is not an error."""
         ...
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        """Every object whose key starts with ``prefix`` (a folder-like prefix ends with '/')."""
+        """Every object whose key starts with ``prefix`` (a folder-like prefix ends with '/'), in key
+        order. Raises StorageError for a prefix that is not a valid key (optionally ending with '/')."""
         ...
 
     def local_path(self, key: str) -> str | None:
@@ -59,3 +60,14 @@ def check_key(key: str) -> str:
     if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\\" in key:
         raise StorageError("invalid object key", key=key)
     return key
+
+
+def check_prefix(prefix: str) -> str:
+    """A listing prefix: empty (everything) or a valid key, optionally ending with '/'.
+    Checked so that a prefix can never walk out of the store (``../``) on a local disk."""
+    if prefix:
+        try:
+            check_key(prefix.removesuffix("/"))
+        except StorageError:
+            raise StorageError("invalid object key prefix", prefix=prefix) from None
+    return prefix

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -10,9 +12,10 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from duckmesh.errors import ObjectNotFound, StorageError, TransientStorageError
-from duckmesh.storage.base import ObjectInfo, check_key
+from duckmesh.storage.base import ObjectInfo, check_key, check_prefix
 
 _TEMP_SUFFIX = ".dm-tmp"
+_CLASHES = (FileExistsError, NotADirectoryError, IsADirectoryError)
 
 
 class LocalObjectStore:
@@ -38,44 +41,71 @@ class LocalObjectStore:
                 os.fsync(handle.fileno())
             os.replace(temp, target)
         except OSError as exc:
-            temp.unlink(missing_ok=True)
-            raise TransientStorageError("local write failed", key=key, reason=exc.strerror) from exc
+            with contextlib.suppress(OSError):
+                temp.unlink(missing_ok=True)
+            # A key running through an existing object (or onto a folder) can never be written here.
+            error = StorageError if isinstance(exc, _CLASHES) else TransientStorageError
+            raise error("local write failed", key=key, reason=exc.strerror) from exc
 
     def get(self, key: str) -> bytes:
+        path = self._path(key)
         try:
-            return self._path(key).read_bytes()
-        except FileNotFoundError:
+            return path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            # A folder, or a path through an object, is no object: the same answer S3 gives.
             raise ObjectNotFound("object does not exist", key=key) from None
         except OSError as exc:
             raise TransientStorageError("local read failed", key=key, reason=exc.strerror) from exc
 
     def head(self, key: str) -> ObjectInfo | None:
+        path = self._path(key)
         try:
-            stat = self._path(key).stat()
-        except FileNotFoundError:
+            found = path.stat()
+        except (FileNotFoundError, NotADirectoryError):
             return None
-        return ObjectInfo(key, stat.st_size, datetime.fromtimestamp(stat.st_mtime, UTC))
+        except OSError as exc:
+            raise TransientStorageError("local stat failed", key=key, reason=exc.strerror) from exc
+        if not stat.S_ISREG(found.st_mode):
+            return None
+        return ObjectInfo(key, found.st_size, datetime.fromtimestamp(found.st_mtime, UTC))
 
     def delete(self, key: str) -> None:
+        path = self._path(key)
+        if path.is_dir():
+            return  # a folder-like prefix is not an object; S3 ignores such a delete too
         try:
-            self._path(key).unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
+        except NotADirectoryError:
+            return
         except OSError as exc:
             raise TransientStorageError("local delete failed", key=key, reason=exc.strerror) from exc
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        base = self.root / prefix.rstrip("/") if prefix else self.root
-        start = base if base.is_dir() else base.parent
-        if not start.exists():
-            return
-        for dirpath, _dirs, files in os.walk(start):
-            for name in sorted(files):
-                if name.endswith(_TEMP_SUFFIX):
+        check_prefix(prefix)
+        # Walk from the last whole folder of the prefix: "1/10" must also find "1/100/...".
+        folder = prefix.rpartition("/")[0]
+        start = self.root / folder if folder else self.root
+        if not start.is_dir():
+            return iter(())
+        try:
+            return iter(sorted(self._walk(start, prefix), key=lambda info: info.key))
+        except OSError as exc:
+            raise TransientStorageError("local list failed", prefix=prefix, reason=exc.strerror) from exc
+
+    def _walk(self, start: Path, prefix: str) -> Iterator[ObjectInfo]:
+        for dirpath, dirs, files in os.walk(start):
+            here = Path(dirpath).relative_to(self.root).as_posix()
+            base = "" if here == "." else f"{here}/"
+            dirs[:] = [d for d in dirs if _may_hold(f"{base}{d}/", prefix)]
+            for name in files:
+                key = f"{base}{name}"
+                if name.endswith(_TEMP_SUFFIX) or not key.startswith(prefix):
                     continue
-                full = Path(dirpath) / name
-                key = full.relative_to(self.root).as_posix()
-                if key.startswith(prefix):
-                    stat = full.stat()
-                    yield ObjectInfo(key, stat.st_size, datetime.fromtimestamp(stat.st_mtime, UTC))
+                try:
+                    found = (Path(dirpath) / name).stat()
+                except FileNotFoundError:
+                    continue  # deleted while listing
+                yield ObjectInfo(key, found.st_size, datetime.fromtimestamp(found.st_mtime, UTC))
 
     def local_path(self, key: str) -> str | None:
         return str(self._path(key))
@@ -84,3 +114,8 @@ class LocalObjectStore:
         key = f"_health/{uuid.uuid4().hex}"
         self.put(key, b"ok")
         self.delete(key)
+
+
+def _may_hold(folder: str, prefix: str) -> bool:
+    """Whether keys under ``folder`` (ending with '/') can start with ``prefix``."""
+    return folder.startswith(prefix) or prefix.startswith(folder)

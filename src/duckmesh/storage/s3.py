@@ -13,10 +13,13 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from duckmesh.errors import ObjectNotFound, StorageError, TransientStorageError
-from duckmesh.storage.base import ObjectInfo, check_key
+from duckmesh.storage.base import ObjectInfo, check_key, check_prefix
 
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
-_PERMANENT = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket", "InvalidBucketName"}
+# "403" is what a HEAD request (which has no error body) reports for AccessDenied.
+_PERMANENT = {
+    "403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket", "InvalidBucketName",
+}
 
 
 class S3ObjectStore:
@@ -70,7 +73,13 @@ class S3ObjectStore:
 
     def get(self, key: str) -> bytes:
         response = self._call(key, "get_object", Key=self._key(key))
-        body: bytes = response["Body"].read()
+        stream = response["Body"]
+        try:
+            body: bytes = stream.read()
+        except BotoCoreError as exc:  # the connection broke while streaming the body
+            raise self._translate(exc, key) from exc
+        finally:
+            stream.close()
         return body
 
     def head(self, key: str) -> ObjectInfo | None:
@@ -85,6 +94,10 @@ class S3ObjectStore:
             self._call(key, "delete_object", Key=self._key(key))
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        check_prefix(prefix)  # here, not in the generator, so a bad prefix fails at the call
+        return self._list(prefix)
+
+    def _list(self, prefix: str) -> Iterator[ObjectInfo]:
         full = f"{self.prefix}/{prefix}" if self.prefix else prefix
         strip = len(self.prefix) + 1 if self.prefix else 0
         token: str | None = None
