@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from duckmesh.api.app import create_app
 from duckmesh.api.context import AppContext
-from duckmesh.bus.postgres import PostgresBus
+from duckmesh.bus.postgres import PostgresBus, lag_by_tenant
 from duckmesh.catalog import migrate, tenants
 from duckmesh.catalog.db import CatalogPool, embedded_dsn, redact_dsn
 from duckmesh.catalog.notify import INGEST_CHANNEL, Listener
@@ -29,6 +29,7 @@ from duckmesh.domain import ALL_ROLES, Role
 from duckmesh.errors import ConfigError, DuckMeshError
 from duckmesh.ingest.service import IngestService
 from duckmesh.observability.logging import configure
+from duckmesh.observability.sampler import run_lag_sampler
 from duckmesh.query.barrier import VisibilityBarrier
 from duckmesh.query.engine import QueryEngine
 from duckmesh.query.service import QueryLimits, QueryService
@@ -168,6 +169,8 @@ async def _serve(runtime: Runtime, *, api: bool, coordinator: bool) -> None:
             **({"owner": settings.coordinator_id} if settings.coordinator_id else {}),
         ))
         tasks.append(asyncio.create_task(worker.run(stop), name="coordinator"))
+    if api:
+        tasks.append(asyncio.create_task(run_lag_sampler(lambda: lag_by_tenant(runtime.pool), stop), name="lag"))
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
     stop.set()

@@ -305,3 +305,17 @@ def _failed(row: dict[str, Any]) -> FailedEvent:
 
 
 
+
+
+async def lag_by_tenant(pool: CatalogPool) -> list[dict[str, Any]]:
+    """Unresolved events and their age per tenant, with the tenant's current watermark."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT h.tenant_id, h.max_visibility_token AS watermark,"
+            " coalesce(p.pending, 0) AS pending_events, p.oldest AS oldest_pending_age_s"
+            " FROM tenant_head h LEFT JOIN ("
+            "   SELECT tenant_id, count(*) AS pending, extract(epoch FROM now() - min(ingested_at))::float AS oldest"
+            "   FROM ingest_event WHERE state IN ('accepted', 'claimed') GROUP BY tenant_id"
+            " ) p USING (tenant_id)"
+        )
+        return list(await cur.fetchall())
