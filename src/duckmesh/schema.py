@@ -41,6 +41,8 @@ _DECIMAL_PATTERN = re.compile(r"^decimal\((\d{1,2}),\s*(\d{1,2})\)$")
 SIMPLE_TYPES = ("boolean", "int32", "int64", "float32", "float64", "string", "binary", "date", "timestamp", "json")
 CompatibilityMode = Literal["backward", "forward", "full", "none"]
 _EPOCH_DATE = date(1970, 1, 1)
+_DATE_SHAPE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_TIMESTAMP_SHAPE = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2})?$")
 _DECIMAL_CONTEXT = Context(prec=80)
 _INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
 _SPECIAL_FLOATS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
@@ -250,7 +252,10 @@ def _decimal_checker(type_name: str) -> Checker:
             raise ValueError(f"not a decimal number ({type_name})") from None
         if not number.is_finite():
             raise ValueError("decimal must be finite")
-        quantized = number.quantize(quantum, context=_DECIMAL_CONTEXT)
+        try:
+            quantized = number.quantize(quantum, context=_DECIMAL_CONTEXT)
+        except InvalidOperation:  # needs more digits than any decimal column holds
+            raise ValueError(f"too many digits for {type_name}") from None
         if quantized != number:
             raise ValueError(f"more than {scale} fractional digits ({type_name})")
         if len(quantized.as_tuple().digits) > precision:
@@ -279,6 +284,8 @@ def _check_binary(value: Any) -> Any:
 def _check_date(value: Any) -> Any:
     if not isinstance(value, str):
         raise ValueError("expected a date as YYYY-MM-DD")
+    if not _DATE_SHAPE.match(value):
+        raise ValueError("invalid date, expected YYYY-MM-DD")
     try:
         return (date.fromisoformat(value) - _EPOCH_DATE).days
     except ValueError:
@@ -289,6 +296,8 @@ def parse_timestamp(value: Any) -> datetime:
     """RFC 3339 text to an aware UTC datetime (text without offset is taken as UTC)."""
     if not isinstance(value, str):
         raise ValueError("expected an RFC 3339 timestamp string")
+    if not _TIMESTAMP_SHAPE.match(value):
+        raise ValueError("invalid RFC 3339 timestamp")
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
@@ -308,7 +317,10 @@ def _check_timestamp(value: Any) -> Any:
 
 
 def _check_json(value: Any) -> Any:
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    except orjson.JSONEncodeError as exc:  # e.g. an integer beyond 64 bits
+        raise ValueError(f"JSON value cannot be stored: {exc}") from None
 
 
 def checker_for(type_name: str) -> Checker:

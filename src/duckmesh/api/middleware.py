@@ -93,7 +93,7 @@ class RequestContextMiddleware:
             log.exception("unhandled_error")
             if not response_started:
                 response = error_response(
-                    500, "INTERNAL", "internal error; see server logs with this trace id", retryable=True
+                    500, "INTERNAL", "internal error; see server logs with this trace id"
                 )
                 await response(scope, receive, send_wrapper)
         finally:
