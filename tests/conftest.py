@@ -26,7 +26,7 @@ from duckmesh.bus.postgres import PostgresBus
 from duckmesh.catalog import migrate, tenants
 from duckmesh.catalog.db import CatalogPool
 from duckmesh.catalog.notify import INGEST_CHANNEL, Listener
-from duckmesh.cli import build_query_service
+from duckmesh.cli import build_maintenance_service, build_query_service
 from duckmesh.config import Settings
 from duckmesh.domain import ALL_ROLES, Role
 from duckmesh.ingest.service import IngestService
@@ -173,7 +173,8 @@ def app_context(
     )
     settings = settings.model_copy(update={"cache_dir": tmp_path / "cache"})
     query = build_query_service(settings, pool, store, barrier)
-    return AppContext(settings, pool, bus, store, ingest, query)
+    maintenance = build_maintenance_service(settings, pool, store)
+    return AppContext(settings, pool, bus, store, ingest, query, maintenance)
 
 
 @pytest.fixture

@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 import uvicorn
@@ -25,9 +26,12 @@ from duckmesh.catalog.db import CatalogPool, embedded_dsn, redact_dsn
 from duckmesh.catalog.notify import INGEST_CHANNEL, Listener
 from duckmesh.config import Settings
 from duckmesh.coordinator.worker import Coordinator, CoordinatorConfig
-from duckmesh.domain import ALL_ROLES, Role
+from duckmesh.domain import ALL_ROLES, Role, TenantId
 from duckmesh.errors import ConfigError, DuckMeshError
 from duckmesh.ingest.service import IngestService
+from duckmesh.maintenance.compaction import CompactionPolicy
+from duckmesh.maintenance.retention import RetentionPolicy
+from duckmesh.maintenance.service import MaintenanceIntervals, MaintenanceService
 from duckmesh.observability.logging import configure
 from duckmesh.observability.sampler import run_lag_sampler
 from duckmesh.query.barrier import VisibilityBarrier
@@ -45,6 +49,12 @@ key_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(migrate_app, name="migrate")
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(key_app, name="key")
+compaction_app = typer.Typer(help="Compaction.", no_args_is_help=True)
+retention_app = typer.Typer(help="Retention and garbage collection.", no_args_is_help=True)
+integrity_app = typer.Typer(help="Integrity validation.", no_args_is_help=True)
+app.add_typer(compaction_app, name="compaction")
+app.add_typer(retention_app, name="retention")
+app.add_typer(integrity_app, name="integrity")
 
 
 def load_settings(service: str) -> Settings:
@@ -99,6 +109,23 @@ def build_query_service(
     return QueryService(pool, engine, barrier, limits)
 
 
+def build_maintenance_service(settings: Settings, pool: CatalogPool, store: ObjectStore) -> MaintenanceService:
+    owner = settings.maintenance_created_by or f"compactor:{socket.gethostname()}:{os.getpid()}"
+    compaction = CompactionPolicy(
+        min_input_files=settings.maintenance_compaction_min_input_files,
+        target_file_bytes=settings.maintenance_compaction_target_file_bytes,
+        max_input_bytes=settings.maintenance_compaction_max_input_bytes,
+        memory_limit=settings.query_memory_limit,
+    )
+    retention = RetentionPolicy(
+        keep_snapshots=settings.maintenance_keep_snapshots,
+        snapshot_min_age=settings.maintenance_snapshot_min_age,
+        gc_safety_age=settings.maintenance_gc_safety_age,
+        idempotency_window=settings.idempotency_window,
+    )
+    return MaintenanceService(pool, store, compaction, retention, owner)
+
+
 @asynccontextmanager
 async def open_runtime(settings: Settings, dsn: str, *, api: bool, coordinator: bool) -> AsyncIterator[Runtime]:
     pool = CatalogPool(dsn, max_size=settings.catalog_pool_size)
@@ -117,7 +144,9 @@ async def open_runtime(settings: Settings, dsn: str, *, api: bool, coordinator: 
             wait_for_visibility=barrier.wait_for_ingest,
         )
         query = build_query_service(settings, pool, store, barrier)
-        yield Runtime(settings, pool, bus, AppContext(settings, pool, bus, store, ingest, query), listener)
+        maintenance = build_maintenance_service(settings, pool, store)
+        context = AppContext(settings, pool, bus, store, ingest, query, maintenance)
+        yield Runtime(settings, pool, bus, context, listener)
     finally:
         await barrier.stop()
         if listener is not None:
@@ -146,7 +175,7 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def _serve(runtime: Runtime, *, api: bool, coordinator: bool) -> None:
+async def _serve(runtime: Runtime, *, api: bool, coordinator: bool, compactor: bool = False) -> None:
     settings = runtime.settings
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -169,6 +198,12 @@ async def _serve(runtime: Runtime, *, api: bool, coordinator: bool) -> None:
             **({"owner": settings.coordinator_id} if settings.coordinator_id else {}),
         ))
         tasks.append(asyncio.create_task(worker.run(stop), name="coordinator"))
+    if compactor:
+        intervals = MaintenanceIntervals(
+            settings.maintenance_compaction_interval_s, settings.maintenance_retention_interval_s,
+            settings.maintenance_integrity_interval_s,
+        )
+        tasks.append(asyncio.create_task(runtime.ctx.maintenance.run_loops(stop, intervals), name="maintenance"))
     if api:
         tasks.append(asyncio.create_task(run_lag_sampler(lambda: lag_by_tenant(runtime.pool), stop), name="lag"))
     stopper = asyncio.create_task(stop.wait())
@@ -219,7 +254,7 @@ def up() -> None:
     async def main() -> None:
         async with open_runtime(settings, dsn, api=True, coordinator=True) as runtime:
             await _bootstrap(runtime)
-            await _serve(runtime, api=True, coordinator=True)
+            await _serve(runtime, api=True, coordinator=True, compactor=True)
 
     with cli_errors():
         asyncio.run(main())
@@ -253,6 +288,78 @@ def coordinator() -> None:
 
     with cli_errors():
         asyncio.run(main())
+
+
+@app.command()
+def compactor() -> None:
+    """Compaction, retention/GC and integrity loops (run any number). Serves health/ready/metrics."""
+    settings = load_settings("compactor")
+    dsn = catalog_dsn(settings)
+
+    async def main() -> None:
+        async with open_runtime(settings, dsn, api=False, coordinator=False) as runtime:
+            await _serve(runtime, api=False, coordinator=False, compactor=True)
+
+    with cli_errors():
+        asyncio.run(main())
+
+
+def _run_maintenance(job):  # type: ignore[no-untyped-def]
+    settings = load_settings("cli")
+    dsn = catalog_dsn(settings)
+
+    async def main():  # type: ignore[no-untyped-def]
+        async with CatalogPool(dsn, max_size=4) as pool:
+            service = build_maintenance_service(settings, pool, open_object_store(settings))
+            return await job(pool, service)
+
+    with cli_errors():
+        typer.echo(json.dumps(asyncio.run(main()), default=str))
+
+
+async def _tenant_id(pool: CatalogPool, name: str) -> TenantId:
+    async with pool.connection() as conn:
+        return (await tenants.get_tenant(conn, name)).tenant_id
+
+
+@compaction_app.command("run")
+def compaction_run(
+    tenant: Annotated[str, typer.Option(help="tenant name")],
+    table: Annotated[str | None, typer.Option(help="only this table")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="plan only, change nothing")] = False,
+) -> None:
+    """Compact small files of the tenant's tables now."""
+
+    async def job(pool: CatalogPool, service: MaintenanceService) -> Any:
+        return await service.compact(await _tenant_id(pool, tenant), table, dry_run)
+
+    _run_maintenance(job)
+
+
+@retention_app.command("run")
+def retention_run(
+    tenant: Annotated[str, typer.Option(help="tenant name")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="count only, change nothing")] = False,
+) -> None:
+    """Expire snapshots, delete unreferenced files and orphans, clean the ingest bus."""
+
+    async def job(pool: CatalogPool, service: MaintenanceService) -> Any:
+        return await service.retain(await _tenant_id(pool, tenant), dry_run)
+
+    _run_maintenance(job)
+
+
+@integrity_app.command("run")
+def integrity_run(
+    tenant: Annotated[str, typer.Option(help="tenant name")],
+    deep: Annotated[bool, typer.Option("--deep", help="also verify content hashes and row counts")] = False,
+) -> None:
+    """Check every retained file against the object store (exit 1 and list bad files on failure)."""
+
+    async def job(pool: CatalogPool, service: MaintenanceService) -> Any:
+        return await service.validate(await _tenant_id(pool, tenant), deep)
+
+    _run_maintenance(job)
 
 
 @migrate_app.command("up")

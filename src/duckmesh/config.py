@@ -77,6 +77,18 @@ class Settings(BaseSettings):
     cache_dir: Path | None = None
     cache_max_bytes: int = Field(default=2 * 1024**3, ge=1024 * 1024)
 
+    # maintenance
+    maintenance_compaction_interval_s: float = Field(default=60.0, gt=0)
+    maintenance_compaction_min_input_files: int = Field(default=8, ge=2)
+    maintenance_compaction_target_file_bytes: int = Field(default=128 * 1024 * 1024, ge=1024 * 1024)
+    maintenance_compaction_max_input_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024 * 1024)
+    maintenance_retention_interval_s: float = Field(default=300.0, gt=0)
+    maintenance_integrity_interval_s: float = Field(default=3600.0, gt=0)
+    maintenance_keep_snapshots: int = Field(default=50, ge=1)
+    maintenance_snapshot_min_age: timedelta = timedelta(hours=1)
+    maintenance_gc_safety_age: timedelta = timedelta(minutes=10)
+    maintenance_created_by: str | None = None
+
     # object store retries
     storage_retry_attempts: int = Field(default=6, ge=1)
     storage_retry_base_delay_ms: int = Field(default=50, ge=1)

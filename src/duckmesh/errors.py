@@ -154,3 +154,7 @@ class QueryResourceLimit(DuckMeshError):
     """The query needed more memory than its limit allows."""
 
     error_code, http_status = "QUERY_RESOURCE_LIMIT", 400
+
+
+class IntegrityCheckFailed(DuckMeshError):
+    error_code, http_status = "INTEGRITY_CHECK_FAILED", 409

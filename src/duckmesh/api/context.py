@@ -8,6 +8,7 @@ from duckmesh.bus.base import IngestBus
 from duckmesh.catalog.db import CatalogPool
 from duckmesh.config import Settings
 from duckmesh.ingest.service import IngestService
+from duckmesh.maintenance.service import MaintenanceService
 from duckmesh.query.service import QueryService
 from duckmesh.storage.base import ObjectStore
 
@@ -20,3 +21,4 @@ class AppContext:
     store: ObjectStore
     ingest: IngestService
     query: QueryService
+    maintenance: MaintenanceService

@@ -266,3 +266,22 @@ async def acquire_lease(conn: AsyncConn, tenant_id: TenantId, snapshot_id: int, 
 
 async def release_lease(conn: AsyncConn, lease_id: int) -> None:
     await conn.execute("DELETE FROM snapshot_lease WHERE lease_id = %s", (lease_id,))
+
+
+async def table_watermarks(conn: AsyncConn, snapshot_id: int | None) -> dict[TableId, VisibilityToken]:
+    if snapshot_id is None:
+        return {}
+    cur = await conn.execute(
+        "SELECT table_id, max_visibility_token FROM snapshot_table_watermark WHERE snapshot_id = %s", (snapshot_id,)
+    )
+    return {TableId(r["table_id"]): VisibilityToken(r["max_visibility_token"]) for r in await cur.fetchall()}
+
+
+async def current_files(conn: AsyncConn, tenant_id: TenantId, table_id: TableId) -> list[DataFile]:
+    """The table's files in the tenant's head snapshot (the current live set)."""
+    cur = await conn.execute(
+        "SELECT f.* FROM file_live_range r JOIN data_file f USING (file_id)"
+        " WHERE r.tenant_id = %s AND r.table_id = %s AND r.removed_snapshot_id IS NULL ORDER BY f.min_token",
+        (tenant_id, table_id),
+    )
+    return [DataFile.from_row(r) for r in await cur.fetchall()]

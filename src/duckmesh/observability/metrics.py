@@ -83,6 +83,28 @@ BARRIER_WAIT = Histogram(
     "duckmesh_barrier_wait_seconds", "Time spent waiting for a visibility token", buckets=_LATENCY, registry=REGISTRY
 )
 
+# maintenance
+COMPACTION_RUNS = Counter("duckmesh_compaction_runs_total", "Compaction runs", ["status"], registry=REGISTRY)
+COMPACTION_BYTES = Counter(
+    "duckmesh_compaction_bytes_rewritten_total", "Input bytes rewritten by compaction", registry=REGISTRY
+)
+GC_FILES_DELETED = Counter("duckmesh_gc_files_deleted_total", "Files deleted by GC", ["kind"], registry=REGISTRY)
+GC_RUNS = Counter("duckmesh_gc_runs_total", "Retention/GC runs", ["status"], registry=REGISTRY)
+INTEGRITY_RUNS = Counter("duckmesh_integrity_runs_total", "Integrity runs", ["status"], registry=REGISTRY)
+INTEGRITY_FILES_CHECKED = Counter(
+    "duckmesh_integrity_files_checked_total", "Files checked by integrity runs", registry=REGISTRY
+)
+INTEGRITY_MISSING = Counter(
+    "duckmesh_integrity_missing_files_total", "Referenced files missing from the object store", registry=REGISTRY
+)
+INTEGRITY_SIZE_MISMATCH = Counter(
+    "duckmesh_integrity_size_mismatch_files_total", "Referenced files whose size differs", registry=REGISTRY
+)
+INTEGRITY_CONTENT_MISMATCH = Counter(
+    "duckmesh_integrity_content_mismatch_files_total", "Files whose hash or row count differs (deep)",
+    registry=REGISTRY,
+)
+
 # http
 HTTP_REQUESTS = Counter(
     "duckmesh_http_requests_total", "HTTP requests", ["method", "route", "status"], registry=REGISTRY

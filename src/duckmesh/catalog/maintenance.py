@@ -1,0 +1,221 @@
+"""Catalog side of the maintenance plane: job leases, run audit rows, pins, snapshot expiry,
+and the queries that decide which files garbage collection may delete."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from duckmesh.catalog.db import AsyncConn
+from duckmesh.domain import FileId, SnapshotId, TableId, TenantId
+from duckmesh.errors import SnapshotNotFound
+
+RUN_TABLES = {"compaction": "compaction_run", "retention": "gc_run", "integrity": "integrity_run"}
+
+
+async def acquire_job(
+    conn: AsyncConn, tenant_id: TenantId, table_id: int, job: str, owner: str, seconds: float
+) -> bool:
+    """Take the (tenant, table, job) lease unless someone else holds a live one."""
+    cur = await conn.execute(
+        "INSERT INTO job_lease (tenant_id, table_id, job, owner, lease_until)"
+        " VALUES (%(t)s, %(tb)s, %(j)s, %(o)s, now() + make_interval(secs => %(s)s))"
+        " ON CONFLICT (tenant_id, table_id, job) DO UPDATE"
+        " SET owner = EXCLUDED.owner, lease_until = EXCLUDED.lease_until"
+        " WHERE job_lease.lease_until < now() OR job_lease.owner = EXCLUDED.owner"
+        " RETURNING owner",
+        {"t": tenant_id, "tb": table_id, "j": job, "o": owner, "s": seconds},
+    )
+    return await cur.fetchone() is not None
+
+
+async def release_job(conn: AsyncConn, tenant_id: TenantId, table_id: int, job: str, owner: str) -> None:
+    await conn.execute(
+        "DELETE FROM job_lease WHERE tenant_id = %s AND table_id = %s AND job = %s AND owner = %s",
+        (tenant_id, table_id, job, owner),
+    )
+
+
+async def start_run(
+    conn: AsyncConn, kind: str, tenant_id: TenantId, created_by: str, *, table_id: int | None = None,
+    dry_run: bool = False, deep: bool = False,
+) -> int:
+    table = RUN_TABLES[kind]
+    columns = ["tenant_id", "status", "created_by"]
+    values: list[Any] = [tenant_id, "running", created_by]
+    if kind == "compaction":
+        columns += ["table_id", "dry_run"]
+        values += [table_id, dry_run]
+    elif kind == "retention":
+        columns.append("dry_run")
+        values.append(dry_run)
+    else:
+        columns.append("deep")
+        values.append(deep)
+    cur = await conn.execute(
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(values))}) RETURNING run_id",
+        values,
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row["run_id"])
+
+
+async def finish_run(conn: AsyncConn, kind: str, run_id: int, status: str, summary: dict[str, Any]) -> None:
+    await conn.execute(
+        f"UPDATE {RUN_TABLES[kind]} SET status = %s, summary = %s, finished_at = now() WHERE run_id = %s",
+        (status, Jsonb(summary), run_id),
+    )
+
+
+# --- pins ------------------------------------------------------------------------------------
+
+async def pin(
+    conn: AsyncConn, tenant_id: TenantId, snapshot_id: int, reason: str, created_by: str, expires_at: datetime | None
+) -> dict[str, Any]:
+    cur = await conn.execute(
+        "INSERT INTO snapshot_pin (snapshot_id, tenant_id, reason, created_by, expires_at)"
+        " SELECT s.snapshot_id, s.tenant_id, %s, %s, %s FROM snapshot s"
+        " WHERE s.snapshot_id = %s AND s.tenant_id = %s AND s.expired_at IS NULL"
+        " ON CONFLICT (snapshot_id) DO UPDATE SET reason = EXCLUDED.reason, expires_at = EXCLUDED.expires_at"
+        " RETURNING snapshot_id, reason, created_at, expires_at",
+        (reason, created_by, expires_at, snapshot_id, tenant_id),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        raise SnapshotNotFound("snapshot not found", snapshot_id=snapshot_id)
+    return dict(row)
+
+
+async def unpin(conn: AsyncConn, tenant_id: TenantId, snapshot_id: int) -> None:
+    cur = await conn.execute(
+        "DELETE FROM snapshot_pin WHERE tenant_id = %s AND snapshot_id = %s", (tenant_id, snapshot_id)
+    )
+    if cur.rowcount == 0:
+        raise SnapshotNotFound("no pin on that snapshot", snapshot_id=snapshot_id)
+
+
+# --- retention -------------------------------------------------------------------------------
+
+async def expirable_snapshots(
+    conn: AsyncConn, tenant_id: TenantId, keep: int, min_age: timedelta
+) -> list[SnapshotId]:
+    """Snapshots retention may expire: not among the newest ``keep``, older than ``min_age``,
+    not pinned (or pin expired), not read by a running query (live lease), never the head."""
+    cur = await conn.execute(
+        "SELECT s.snapshot_id FROM snapshot s"
+        " WHERE s.tenant_id = %(t)s AND s.expired_at IS NULL"
+        "   AND s.created_at < now() - %(age)s"
+        "   AND s.snapshot_id NOT IN (SELECT snapshot_id FROM snapshot WHERE tenant_id = %(t)s"
+        "        AND expired_at IS NULL ORDER BY snapshot_id DESC LIMIT %(keep)s)"
+        "   AND s.snapshot_id NOT IN (SELECT coalesce(head_snapshot_id, 0) FROM tenant_head WHERE tenant_id = %(t)s)"
+        "   AND NOT EXISTS (SELECT 1 FROM snapshot_pin p WHERE p.snapshot_id = s.snapshot_id"
+        "        AND (p.expires_at IS NULL OR p.expires_at > now()))"
+        "   AND NOT EXISTS (SELECT 1 FROM snapshot_lease l WHERE l.snapshot_id = s.snapshot_id"
+        "        AND l.expires_at > now())"
+        " ORDER BY s.snapshot_id",
+        {"t": tenant_id, "age": min_age, "keep": max(keep, 1)},
+    )
+    return [SnapshotId(r["snapshot_id"]) for r in await cur.fetchall()]
+
+
+async def expire_snapshots(conn: AsyncConn, tenant_id: TenantId, snapshot_ids: list[SnapshotId]) -> int:
+    # Re-checks pins and leases in the same statement: a pin or query lease taken since the
+    # candidates were listed wins.
+    cur = await conn.execute(
+        "UPDATE snapshot s SET expired_at = now() WHERE s.tenant_id = %s AND s.snapshot_id = ANY(%s)"
+        " AND s.expired_at IS NULL"
+        " AND NOT EXISTS (SELECT 1 FROM snapshot_pin p WHERE p.snapshot_id = s.snapshot_id"
+        "      AND (p.expires_at IS NULL OR p.expires_at > now()))"
+        " AND NOT EXISTS (SELECT 1 FROM snapshot_lease l WHERE l.snapshot_id = s.snapshot_id AND l.expires_at > now())",
+        (tenant_id, snapshot_ids),
+    )
+    await conn.execute("DELETE FROM snapshot_lease WHERE tenant_id = %s AND expires_at < now()", (tenant_id,))
+    return cur.rowcount
+
+
+@dataclass(frozen=True)
+class Deletable:
+    file_id: FileId
+    table_id: TableId
+    path: str
+    file_size_bytes: int
+
+
+async def deletable_files(conn: AsyncConn, tenant_id: TenantId, safety_age: timedelta) -> list[Deletable]:
+    """Files no retained snapshot references and that left the live set over ``safety_age`` ago."""
+    cur = await conn.execute(
+        "SELECT f.file_id, f.table_id, f.path, f.file_size_bytes FROM data_file f"
+        " WHERE f.tenant_id = %(t)s"
+        "   AND NOT EXISTS (SELECT 1 FROM file_live_range r WHERE r.file_id = f.file_id"
+        "        AND r.removed_snapshot_id IS NULL)"
+        "   AND NOT EXISTS (SELECT 1 FROM file_live_range r JOIN snapshot s"
+        "        ON s.tenant_id = r.tenant_id AND s.snapshot_id >= r.added_snapshot_id"
+        "        AND s.snapshot_id < r.removed_snapshot_id AND s.expired_at IS NULL"
+        "        WHERE r.file_id = f.file_id)"
+        "   AND (SELECT max(s.created_at) FROM file_live_range r JOIN snapshot s"
+        "        ON s.snapshot_id = r.removed_snapshot_id WHERE r.file_id = f.file_id) < now() - %(age)s"
+        " ORDER BY f.file_id",
+        {"t": tenant_id, "age": safety_age},
+    )
+    return [Deletable(FileId(r["file_id"]), TableId(r["table_id"]), r["path"], r["file_size_bytes"])
+            for r in await cur.fetchall()]
+
+
+async def forget_files(conn: AsyncConn, file_ids: list[FileId]) -> None:
+    """Remove catalog rows of files whose objects are gone (ranges cascade)."""
+    await conn.execute("DELETE FROM snapshot_file WHERE file_id = ANY(%s)", (file_ids,))
+    await conn.execute("DELETE FROM data_file WHERE file_id = ANY(%s)", (file_ids,))
+
+
+async def known_paths(conn: AsyncConn, tenant_id: TenantId) -> set[str]:
+    cur = await conn.execute("SELECT path FROM data_file WHERE tenant_id = %s", (tenant_id,))
+    return {r["path"] for r in await cur.fetchall()}
+
+
+async def expired_by_table_retention(conn: AsyncConn, tenant_id: TenantId) -> list[tuple[TableId, FileId]]:
+    """Live files entirely older than their table's ``retention_days``."""
+    cur = await conn.execute(
+        "SELECT r.table_id, r.file_id FROM file_live_range r JOIN data_file f USING (file_id)"
+        " JOIN table_def t ON t.table_id = r.table_id"
+        " WHERE r.tenant_id = %s AND r.removed_snapshot_id IS NULL AND t.retention_days IS NOT NULL"
+        "   AND f.max_event_time < now() - make_interval(days => t.retention_days)",
+        (tenant_id,),
+    )
+    return [(TableId(r["table_id"]), FileId(r["file_id"])) for r in await cur.fetchall()]
+
+
+async def delete_committed_events(conn: AsyncConn, tenant_id: TenantId, window: timedelta) -> int:
+    """Ingest-bus cleanup: committed events older than the idempotency window (their keys are
+    forgotten; their rows live on in Parquet)."""
+    cur = await conn.execute(
+        "DELETE FROM ingest_event WHERE tenant_id = %s AND state = 'committed' AND resolved_at < now() - %s",
+        (tenant_id, window),
+    )
+    return cur.rowcount
+
+
+async def retained_files(conn: AsyncConn, tenant_id: TenantId) -> list[dict[str, Any]]:
+    """Every file referenced by a retained (not expired) snapshot of the tenant."""
+    cur = await conn.execute(
+        "SELECT DISTINCT f.file_id, f.table_id, f.path, f.file_size_bytes, f.content_hash, f.record_count"
+        " FROM data_file f JOIN file_live_range r USING (file_id)"
+        " JOIN snapshot s ON s.tenant_id = r.tenant_id AND s.snapshot_id >= r.added_snapshot_id"
+        "  AND (r.removed_snapshot_id IS NULL OR s.snapshot_id < r.removed_snapshot_id)"
+        " WHERE f.tenant_id = %s AND s.expired_at IS NULL ORDER BY f.file_id",
+        (tenant_id,),
+    )
+    return list(await cur.fetchall())
+
+
+async def dangling_files(conn: AsyncConn, tenant_id: TenantId) -> list[dict[str, Any]]:
+    """Catalog rows naming a table that does not exist."""
+    cur = await conn.execute(
+        "SELECT f.file_id, f.path, f.table_id FROM data_file f LEFT JOIN table_def t ON t.table_id = f.table_id"
+        " WHERE f.tenant_id = %s AND (t.table_id IS NULL OR t.tenant_id <> f.tenant_id)",
+        (tenant_id,),
+    )
+    return list(await cur.fetchall())

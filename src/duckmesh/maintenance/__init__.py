@@ -1,0 +1,1 @@
+"""The maintenance plane: compaction, retention/GC, integrity validation."""
