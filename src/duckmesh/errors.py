@@ -158,3 +158,7 @@ class QueryResourceLimit(DuckMeshError):
 
 class IntegrityCheckFailed(DuckMeshError):
     error_code, http_status = "INTEGRITY_CHECK_FAILED", 409
+
+
+class SchemaIncompatible(DuckMeshError):
+    error_code, http_status = "SCHEMA_INCOMPATIBLE", 409

@@ -366,3 +366,57 @@ class PayloadValidator:
 
 def decode_special_float(value: Any) -> Any:
     return _SPECIAL_FLOATS.get(value, value) if isinstance(value, str) else value
+
+
+# ---------------------------------------------------------------------------
+# schema evolution
+
+_WIDENINGS = {("int32", "int64"), ("float32", "float64"), ("int32", "float64")}
+
+
+def _is_decimal_widening(old: str, new: str) -> bool:
+    if not (old.startswith("decimal") and new.startswith("decimal")):
+        return False
+    (p1, s1), (p2, s2) = decimal_params(old), decimal_params(new)
+    return s2 >= s1 and p2 - s2 >= p1 - s1
+
+
+def is_widening(old: str, new: str) -> bool:
+    """Every value of ``old`` is exactly representable in ``new``."""
+    return (old, new) in _WIDENINGS or _is_decimal_widening(old, new)
+
+
+def compatibility_problems(old: TableSchema, new: TableSchema, mode: CompatibilityMode) -> list[str]:
+    """Why ``new`` may not follow ``old`` under ``mode`` (empty list: allowed).
+
+    backward: readers of the new schema read old data — add nullable columns, widen types.
+    forward:  readers of the old schema read new data — add nullable columns, drop non-key columns.
+    full:     both — add nullable columns only.
+    none:     no compatibility promise — add, drop non-key, widen.
+    In every mode the primary key is fixed, and a type change must be a widening: old files are
+    always read as the current schema, so their values must convert exactly.
+    """
+    problems: list[str] = []
+    if new.primary_key != old.primary_key:
+        problems.append(f"the primary key cannot change ({list(old.primary_key)} -> {list(new.primary_key)})")
+    for column in old.columns:
+        replacement = new.by_name.get(column.name)
+        if replacement is None:
+            if column.name in old.primary_key:
+                continue  # already reported as a key change
+            if mode in ("backward", "full"):
+                problems.append(f"dropping column {column.name!r} is not {mode} compatible")
+            continue
+        if replacement.type != column.type:
+            if not is_widening(column.type, replacement.type):
+                problems.append(f"column {column.name!r}: {column.type} -> {replacement.type} is not a widening")
+            elif mode in ("forward", "full"):
+                problems.append(
+                    f"column {column.name!r}: widening {column.type} -> {replacement.type} is not {mode} compatible"
+                )
+        if column.nullable and not replacement.nullable and mode != "none":
+            problems.append(f"column {column.name!r} cannot become required (old rows may hold nulls)")
+    for column in new.columns:
+        if column.name not in old.by_name and not column.nullable and mode != "none":
+            problems.append(f"new column {column.name!r} must be nullable (old rows have no value)")
+    return problems

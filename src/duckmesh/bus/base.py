@@ -140,6 +140,10 @@ class IngestBus(Protocol):
         """Return events of expired leases to the pool; those out of attempts become failed."""
         ...
 
+    async def fail_table(self, tx: Any, tenant_id: TenantId, table_id: TableId, reason: str) -> int:
+        """Inside ``tx``: fail every unresolved event of a table (it is being dropped)."""
+        ...
+
     async def wait_for_work(self, timeout: float) -> None:
         """Return when new events may be available, or after ``timeout`` seconds."""
         ...

@@ -51,7 +51,7 @@ RETURNING e.event_id, e.tenant_id, e.table_id, e.visibility_token, e.op, e.paylo
 _WATERMARKS = """
 SELECT c.next_visibility_token - 1 AS issued, t.table_id, u.min_unresolved
 FROM tenant_counter c
-LEFT JOIN table_def t ON t.tenant_id = c.tenant_id
+LEFT JOIN table_def t ON t.tenant_id = c.tenant_id AND t.dropped_at IS NULL
 LEFT JOIN LATERAL (
     SELECT min(e.visibility_token) AS min_unresolved FROM ingest_event e
     WHERE e.tenant_id = c.tenant_id AND e.table_id = t.table_id AND e.state IN ('accepted', 'claimed')
@@ -217,6 +217,15 @@ class PostgresBus:
             if rows:
                 await tx.execute(f"NOTIFY {INGEST_CHANNEL}")
         return [_failed(r) for r in rows if r["state"] == "failed"]
+
+    async def fail_table(self, tx: AsyncConn, tenant_id: TenantId, table_id: TableId, reason: str) -> int:
+        cur = await tx.execute(
+            "UPDATE ingest_event SET state = 'failed', failure_reason = %s, resolved_at = now(),"
+            " lease_owner = NULL, lease_until = NULL"
+            " WHERE tenant_id = %s AND table_id = %s AND state IN ('accepted', 'claimed')",
+            (reason, tenant_id, table_id),
+        )
+        return cur.rowcount
 
     async def wait_for_work(self, timeout: float) -> None:
         # Remembering the last generation seen means a NOTIFY that arrived while the caller was

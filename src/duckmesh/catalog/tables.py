@@ -126,3 +126,69 @@ async def schemas_by_version(conn: AsyncConn, table_ids: list[TableId]) -> dict[
         (TableId(r["table_id"]), r["schema_version"]): TableSchema.from_json(r["schema_json"])
         for r in await cur.fetchall()
     }
+
+
+async def lock_table(tx: AsyncConn, tenant_id: TenantId, name: str) -> TableDef:
+    """The live table, its row locked until ``tx`` ends (serializes ALTER and DROP)."""
+    # Lock the row alone first: a locking read joined to the schema table would drop the row
+    # when a concurrent ALTER changed schema_version while we waited.
+    cur = await tx.execute(
+        "SELECT table_id FROM table_def WHERE tenant_id = %s AND table_name = %s AND dropped_at IS NULL FOR UPDATE",
+        (tenant_id, name),
+    )
+    if await cur.fetchone() is None:
+        raise TableNotFound(f"table {name!r} does not exist", table=name)
+    return await get_table(tx, tenant_id, name)
+
+
+async def add_schema_version(
+    tx: AsyncConn, table: TableDef, schema: TableSchema, mode: CompatibilityMode
+) -> int:
+    version = table.schema_version + 1
+    await tx.execute(
+        "INSERT INTO table_schema_version (table_id, schema_version, schema_json, compatibility_mode)"
+        " VALUES (%s, %s, %s, %s)",
+        (table.table_id, version, Jsonb(schema.to_json()), mode),
+    )
+    await tx.execute(
+        "UPDATE table_def SET schema_version = %s, compatibility_mode = %s, partition_by = %s, updated_at = now()"
+        " WHERE table_id = %s",
+        (version, mode, list(schema.partition_by), table.table_id),
+    )
+    return version
+
+
+async def schema_history(conn: AsyncConn, table_id: TableId) -> list[dict[str, Any]]:
+    cur = await conn.execute(
+        "SELECT schema_version, schema_json, compatibility_mode, created_at FROM table_schema_version"
+        " WHERE table_id = %s ORDER BY schema_version",
+        (table_id,),
+    )
+    return [
+        {"schema_version": r["schema_version"], "compatibility_mode": r["compatibility_mode"],
+         "created_at": r["created_at"].isoformat(), **r["schema_json"]}
+        for r in await cur.fetchall()
+    ]
+
+
+async def mark_dropped(tx: AsyncConn, table_id: TableId) -> None:
+    # clock_timestamp, taken after the caller holds the publication lock: every snapshot
+    # published before the drop is older than dropped_at, every later one newer.
+    await tx.execute(
+        "UPDATE table_def SET dropped_at = clock_timestamp(), updated_at = now() WHERE table_id = %s", (table_id,)
+    )
+
+
+async def tables_at(conn: AsyncConn, tenant_id: TenantId, moment: datetime) -> list[TableDef]:
+    """Tables as a snapshot created at ``moment`` saw them: existing then, with the schema
+    version current then (a table dropped later, or recreated under the same name, included)."""
+    cur = await conn.execute(
+        "SELECT t.table_id, t.tenant_id, t.table_name, t.created_at, t.updated_at, v.schema_version,"
+        " v.schema_json, v.compatibility_mode FROM table_def t"
+        " JOIN LATERAL (SELECT * FROM table_schema_version v WHERE v.table_id = t.table_id"
+        "   AND (v.created_at <= %(m)s OR v.schema_version = 1) ORDER BY v.schema_version DESC LIMIT 1) v ON true"
+        " WHERE t.tenant_id = %(t)s AND t.created_at <= %(m)s AND (t.dropped_at IS NULL OR t.dropped_at > %(m)s)"
+        " ORDER BY t.table_name",
+        {"t": tenant_id, "m": moment},
+    )
+    return [TableDef.from_row(r) for r in await cur.fetchall()]

@@ -31,12 +31,14 @@ from duckmesh.storage.cache import FileCache
 
 @dataclass(frozen=True)
 class BoundTable:
-    """A table as a snapshot sees it: its schema and the exact live data files."""
+    """A table as a snapshot sees it: its schema, the exact live data files, and the distinct
+    schemas those files were written with (older versions are read as ``schema``)."""
 
     name: str
     schema: TableSchema
     files: tuple[str, ...]
     file_bytes: int = 0
+    file_schemas: tuple[TableSchema, ...] = ()
 
     @property
     def binding_key(self) -> tuple[Any, ...]:
@@ -64,17 +66,34 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def _projection(table: BoundTable) -> str:
+    """Every current column: as stored, cast from an older (narrower) type, or NULL when no
+    file was written with it yet; JSON text typed as JSON."""
+    written = table.file_schemas or (table.schema,)
+    parts = []
+    for column in table.schema.columns:
+        stored = {s.by_name[column.name].type for s in written if column.name in s.by_name}
+        target = duckdb_type(column.type)
+        name = _quote(column.name)
+        if not stored:
+            parts.append(f"CAST(NULL AS {target}) AS {name}")
+        elif stored != {column.type} or column.type == "json":
+            parts.append(f"CAST({name} AS {target}) AS {name}")
+        else:
+            parts.append(name)
+    return ", ".join(parts)
+
+
 def view_sql(table: BoundTable, paths: Sequence[str]) -> str:
     """The SELECT a table's view runs: user columns only, keyed tables resolved on read."""
     columns = table.schema.columns
     if not paths:
         empty = ", ".join(f"CAST(NULL AS {duckdb_type(c.type)}) AS {_quote(c.name)}" for c in columns)
         return f"SELECT {empty} WHERE false"
-    projection = ", ".join(
-        f"CAST({_quote(c.name)} AS JSON) AS {_quote(c.name)}" if c.type == "json" else _quote(c.name)
-        for c in columns
-    )
-    source = f"read_parquet([{', '.join(_literal(p) for p in paths)}], hive_partitioning = false)"
+    mixed = len(set(table.file_schemas)) > 1
+    options = "hive_partitioning = false" + (", union_by_name = true" if mixed else "")
+    source = f"read_parquet([{', '.join(_literal(p) for p in paths)}], {options})"
+    projection = _projection(table)
     if not table.schema.keyed:
         return f"SELECT {projection} FROM {source}"
     keys = ", ".join(_quote(k) for k in table.schema.primary_key)

@@ -15,6 +15,7 @@ from typing import Any
 
 from duckmesh.catalog import snapshots, tables
 from duckmesh.catalog.db import CatalogPool
+from duckmesh.catalog.tables import TableDef
 from duckmesh.catalog.tenants import Principal
 from duckmesh.domain import SnapshotId, TenantId
 from duckmesh.errors import (
@@ -116,17 +117,28 @@ class QueryService:
         async with self._pool.connection() as conn:
             return (await snapshots.get_snapshot(conn, tenant_id, snapshot_id)).created_at
 
-    async def _bind(
-        self, tenant_id: TenantId, snapshot_id: SnapshotId | None, names: frozenset[str]
-    ) -> list[BoundTable]:
+    async def _tables(self, tenant_id: TenantId, resolved: ResolvedSnapshot) -> dict[str, TableDef]:
+        """The tenant's tables as the snapshot sees them (time travel: as they were then)."""
         async with self._pool.connection() as conn:
-            defs = {t.table_name: t for t in await tables.list_tables(conn, tenant_id) if t.table_name in names}
+            if resolved.pinned_by_request and resolved.created_at is not None:
+                found = await tables.tables_at(conn, tenant_id, resolved.created_at)
+            else:
+                found = await tables.list_tables(conn, tenant_id)
+        return {t.table_name: t for t in found}
+
+    async def _bind(
+        self, tenant_id: TenantId, snapshot_id: SnapshotId | None, defs: dict[str, TableDef], names: frozenset[str]
+    ) -> list[BoundTable]:
+        used = {name: table for name, table in defs.items() if name in names}
+        async with self._pool.connection() as conn:
             files = await snapshots.live_files(conn, tenant_id, snapshot_id) if snapshot_id is not None else []
+            versions = await tables.schemas_by_version(conn, [t.table_id for t in used.values()])
         bound = []
-        for name, table in sorted(defs.items()):
+        for name, table in sorted(used.items()):
             mine = [f for f in files if f.table_id == table.table_id]
+            written = tuple(dict.fromkeys(versions[(table.table_id, f.schema_version)] for f in mine))
             bound.append(BoundTable(
-                name, table.schema, tuple(f.path for f in mine), sum(f.file_size_bytes for f in mine)
+                name, table.schema, tuple(f.path for f in mine), sum(f.file_size_bytes for f in mine), written,
             ))
         return bound
 
@@ -152,11 +164,10 @@ class QueryService:
         if not request.sql or not request.sql.strip():
             raise SqlRequired("the request has no sql")
         row_limit = min(request.row_limit or self.limits.default_row_limit, self.limits.max_row_limit)
-        async with self._pool.connection() as conn:
-            names = [t.table_name for t in await tables.list_tables(conn, tenant_id)]
-        checked = sandbox.check(request.sql, names)
         resolved = await self.resolve(tenant_id, request)
-        bound = await self._bind(tenant_id, resolved.snapshot_id, checked.tables)
+        defs = await self._tables(tenant_id, resolved)
+        checked = sandbox.check(request.sql, defs)
+        bound = await self._bind(tenant_id, resolved.snapshot_id, defs, checked.tables)
         lease_id = None
         if resolved.pinned_by_request and resolved.snapshot_id is not None:
             async with self._pool.connection() as conn:

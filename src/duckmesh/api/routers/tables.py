@@ -11,6 +11,7 @@ from duckmesh.catalog import audit, tables
 from duckmesh.catalog.tenants import Principal
 from duckmesh.domain import Role
 from duckmesh.errors import ValidationFailed
+from duckmesh.ingest import lifecycle
 from duckmesh.observability.logging import trace_id_var
 from duckmesh.schema import NAME_PATTERN, CompatibilityMode, SchemaError, TableSchema
 
@@ -84,3 +85,51 @@ async def get_table(table: str, principal: Reader, request: Request) -> dict[str
     async with ctx.pool.connection() as conn:
         found = await tables.get_table(conn, principal.tenant_id, table, with_stats=True)
     return found.to_info()
+
+
+class AlterTable(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    columns: list[ColumnSpec] = Field(min_length=1)
+    compatibility_mode: CompatibilityMode | None = None
+
+
+class DroppedTable(BaseModel):
+    table_id: int
+    table_name: str
+    dropped: bool
+    snapshot_id: int
+
+
+@router.patch("/v1/tables/{table}", response_model=TableInfo, responses={400: {}, 401: {}, 403: {}, 404: {}, 409: {}})
+async def alter_table(table: str, body: AlterTable, principal: Admin, request: Request) -> dict[str, Any]:
+    ctx: AppContext = request.app.state.ctx
+    altered = await lifecycle.alter_table(
+        ctx.pool, principal.tenant_id, table, [c.model_dump() for c in body.columns], body.compatibility_mode
+    )
+    async with ctx.pool.connection() as conn:
+        await audit.record(conn, principal, "table.alter", "table", str(altered.table_id),
+                           {"table_name": table, "schema_version": altered.schema_version}, trace_id_var.get())
+    return altered.to_info()
+
+
+@router.get("/v1/tables/{table}/schemas", responses={401: {}, 403: {}, 404: {}})
+async def table_schemas(table: str, principal: Reader, request: Request) -> dict[str, Any]:
+    ctx: AppContext = request.app.state.ctx
+    async with ctx.pool.connection() as conn:
+        found = await tables.get_table(conn, principal.tenant_id, table)
+        history = await tables.schema_history(conn, found.table_id)
+    return {"table_id": found.table_id, "table_name": table, "schema_version": found.schema_version,
+            "schemas": history}
+
+
+@router.delete("/v1/tables/{table}", response_model=DroppedTable, responses={401: {}, 403: {}, 404: {}})
+async def drop_table(table: str, principal: Admin, request: Request) -> dict[str, Any]:
+    ctx: AppContext = request.app.state.ctx
+    async with ctx.pool.connection() as conn:
+        found = await tables.get_table(conn, principal.tenant_id, table)
+    snapshot = await lifecycle.drop_table(ctx.pool, ctx.bus, principal.tenant_id, table, principal.key_id or "api")
+    async with ctx.pool.connection() as conn:
+        await audit.record(conn, principal, "table.drop", "table", str(found.table_id),
+                           {"table_name": table, "snapshot_id": snapshot.snapshot_id}, trace_id_var.get())
+    return {"table_id": found.table_id, "table_name": table, "dropped": True, "snapshot_id": snapshot.snapshot_id}
