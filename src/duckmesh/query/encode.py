@@ -62,8 +62,16 @@ def _plain(column: pa.ChunkedArray) -> list[Any]:
     return list(column.to_pylist())
 
 
-def _column_encoder(arrow_type: pa.DataType) -> Callable[[pa.ChunkedArray], list[Any]]:
+def _as_integer(column: pa.ChunkedArray) -> list[Any]:
+    return [None if v is None else encode_value(int(v)) for v in column.to_pylist()]
+
+
+def _column_encoder(arrow_type: pa.DataType, sql_type: str) -> Callable[[pa.ChunkedArray], list[Any]]:
     """Fast path per column: types whose Python values are already JSON-safe skip the walk."""
+    if sql_type in ("HUGEINT", "UHUGEINT"):
+        # 128-bit integers arrive as decimal(38,0); they are integers, encoded like BIGINT (DuckDB
+        # picks BIGINT or HUGEINT for sum() from file statistics, so this keeps results stable).
+        return _as_integer
     if pa.types.is_boolean(arrow_type) or pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
         return _plain
     if pa.types.is_integer(arrow_type) and arrow_type.bit_width <= 32:
@@ -71,6 +79,7 @@ def _column_encoder(arrow_type: pa.DataType) -> Callable[[pa.ChunkedArray], list
     return lambda column: [encode_value(v) for v in column.to_pylist()]
 
 
-def encode_rows(table: pa.Table) -> list[list[Any]]:
-    columns = [_column_encoder(field.type)(table.column(i)) for i, field in enumerate(table.schema)]
+def encode_rows(table: pa.Table, sql_types: list[str] | None = None) -> list[list[Any]]:
+    types = sql_types or [""] * table.num_columns
+    columns = [_column_encoder(field.type, types[i])(table.column(i)) for i, field in enumerate(table.schema)]
     return [list(row) for row in zip(*columns, strict=True)] if columns else []

@@ -35,10 +35,10 @@ def _meta_headers(outcome: QueryOutcome) -> dict[str, str]:
     }
 
 
-def _ndjson(table: pa.Table) -> Iterator[bytes]:
+def _ndjson(table: pa.Table, sql_types: list[str]) -> Iterator[bytes]:
     names = table.column_names
     for batch in table.to_batches(_CHUNK_ROWS):
-        rows = encode_rows(pa.Table.from_batches([batch]))
+        rows = encode_rows(pa.Table.from_batches([batch]), sql_types)
         yield b"".join(orjson.dumps(dict(zip(names, row, strict=True))) + b"\n" for row in rows)
 
 
@@ -72,13 +72,16 @@ async def query(
             writer.write_table(table)
         return Response(sink.getvalue().to_pybytes(), media_type=ARROW_STREAM, headers=_meta_headers(outcome))
     if format == "ndjson":
-        return StreamingResponse(_ndjson(table), media_type="application/x-ndjson", headers=_meta_headers(outcome))
+        sql_types = [c["type"] for c in outcome.result.columns]
+        return StreamingResponse(
+            _ndjson(table, sql_types), media_type="application/x-ndjson", headers=_meta_headers(outcome)
+        )
     if format == "csv":
         return StreamingResponse(_csv(table), media_type="text/csv", headers=_meta_headers(outcome))
     snapshot = outcome.snapshot
     payload = {
         "columns": outcome.result.columns,
-        "rows": encode_rows(table),
+        "rows": encode_rows(table, [c["type"] for c in outcome.result.columns]),
         "row_count": table.num_rows,
         "truncated": outcome.result.truncated,
         "snapshot_id": snapshot.snapshot_id,
