@@ -8,7 +8,7 @@ from duckmesh import __version__
 from duckmesh.api import errors
 from duckmesh.api.context import AppContext
 from duckmesh.api.middleware import RequestContextMiddleware
-from duckmesh.api.routers import ingest, maintenance, ops, query, tables
+from duckmesh.api.routers import dead_letters, ingest, maintenance, ops, query, snapshots, tables
 
 
 def create_app(ctx: AppContext, *, serve_data_api: bool = True) -> FastAPI:
@@ -23,7 +23,7 @@ def create_app(ctx: AppContext, *, serve_data_api: bool = True) -> FastAPI:
     )
     app.state.ctx = ctx
     errors.install(app)
-    for module in (ingest, query, tables, maintenance, ops) if serve_data_api else (ops,):
+    for module in (ingest, query, tables, snapshots, maintenance, dead_letters, ops) if serve_data_api else (ops,):
         app.include_router(module.router)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=ctx.settings.max_body_bytes)
     return app

@@ -89,6 +89,7 @@ class PublishPlan:
     add: Sequence[NewDataFile] = ()
     remove: Sequence[FileId] = ()
     trace_id: str | None = None
+    readd: Sequence[FileId] = ()  # existing files that become live again (restore)
 
 
 class LiveSetChanged(Exception):
@@ -145,6 +146,15 @@ async def publish(
             raise LiveSetChanged("a file to remove is no longer live")
     if plan.add:
         await _add_files(tx, plan.tenant_id, snapshot_id, plan.add)
+    if plan.readd:
+        await tx.execute(
+            "WITH f AS (SELECT file_id, table_id FROM data_file WHERE tenant_id = %(t)s AND file_id = ANY(%(ids)s)),"
+            " c AS (INSERT INTO snapshot_file (snapshot_id, table_id, file_id, change_type)"
+            "  SELECT %(s)s, table_id, file_id, 'add' FROM f)"
+            " INSERT INTO file_live_range (tenant_id, table_id, file_id, added_snapshot_id)"
+            " SELECT %(t)s, table_id, file_id, %(s)s FROM f",
+            {"t": plan.tenant_id, "s": snapshot_id, "ids": list(plan.readd)},
+        )
     if table_watermarks:
         await tx.execute(
             "INSERT INTO snapshot_table_watermark (snapshot_id, table_id, max_visibility_token)"
@@ -210,11 +220,56 @@ async def get_snapshot(conn: AsyncConn, tenant_id: TenantId, snapshot_id: int) -
     return Snapshot.from_row(row)
 
 
-async def list_snapshots(conn: AsyncConn, tenant_id: TenantId, limit: int = 100) -> list[Snapshot]:
+async def list_snapshots(
+    conn: AsyncConn, tenant_id: TenantId, limit: int = 100, before: int | None = None
+) -> list[Snapshot]:
+    """Retained snapshots, newest first, optionally only those with an id below ``before``."""
     cur = await conn.execute(
-        "SELECT * FROM snapshot WHERE tenant_id = %s ORDER BY snapshot_id DESC LIMIT %s", (tenant_id, limit)
+        "SELECT * FROM snapshot WHERE tenant_id = %s AND expired_at IS NULL AND snapshot_id < %s"
+        " ORDER BY snapshot_id DESC LIMIT %s",
+        (tenant_id, before if before is not None else 2**62, limit),
     )
     return [Snapshot.from_row(r) for r in await cur.fetchall()]
+
+
+async def table_summaries(
+    conn: AsyncConn, tenant_id: TenantId, snapshot_ids: Sequence[int]
+) -> dict[int, dict[TableId, dict[str, int]]]:
+    """Per snapshot and table: live files, rows, bytes and the table watermark."""
+    cur = await conn.execute(
+        "SELECT s.snapshot_id, f.table_id, count(*) AS files, sum(f.record_count)::bigint AS rows,"
+        " sum(f.file_size_bytes)::bigint AS bytes"
+        " FROM unnest(%(ids)s::bigint[]) AS s(snapshot_id)"
+        " JOIN file_live_range r ON r.tenant_id = %(t)s AND r.added_snapshot_id <= s.snapshot_id"
+        "  AND (r.removed_snapshot_id IS NULL OR r.removed_snapshot_id > s.snapshot_id)"
+        " JOIN data_file f USING (file_id) GROUP BY 1, 2",
+        {"t": tenant_id, "ids": list(snapshot_ids)},
+    )
+    out: dict[int, dict[TableId, dict[str, int]]] = {sid: {} for sid in snapshot_ids}
+    for row in await cur.fetchall():
+        out[row["snapshot_id"]][TableId(row["table_id"])] = {
+            "files": row["files"], "rows": row["rows"], "bytes": row["bytes"], "watermark": 0,
+        }
+    cur = await conn.execute(
+        "SELECT snapshot_id, table_id, max_visibility_token FROM snapshot_table_watermark"
+        " WHERE snapshot_id = ANY(%s)",
+        (list(snapshot_ids),),
+    )
+    for row in await cur.fetchall():
+        stats = out[row["snapshot_id"]].setdefault(
+            TableId(row["table_id"]), {"files": 0, "rows": 0, "bytes": 0, "watermark": 0}
+        )
+        stats["watermark"] = row["max_visibility_token"]
+    return out
+
+
+async def pinned_ids(conn: AsyncConn, tenant_id: TenantId, snapshot_ids: Sequence[int]) -> set[int]:
+    cur = await conn.execute(
+        "SELECT snapshot_id FROM snapshot_pin WHERE tenant_id = %s AND snapshot_id = ANY(%s)"
+        " AND (expires_at IS NULL OR expires_at > now())",
+        (tenant_id, list(snapshot_ids)),
+    )
+    return {r["snapshot_id"] for r in await cur.fetchall()}
 
 
 async def live_files(conn: AsyncConn, tenant_id: TenantId, snapshot_id: int) -> list[DataFile]:

@@ -192,3 +192,9 @@ async def tables_at(conn: AsyncConn, tenant_id: TenantId, moment: datetime) -> l
         {"t": tenant_id, "m": moment},
     )
     return [TableDef.from_row(r) for r in await cur.fetchall()]
+
+
+async def all_tables(conn: AsyncConn, tenant_id: TenantId) -> list[TableDef]:
+    """Every table the tenant ever had (dropped ones too), each with its latest schema."""
+    cur = await conn.execute(_SELECT + " WHERE t.tenant_id = %s ORDER BY t.table_id", (tenant_id,))
+    return [TableDef.from_row(row) for row in await cur.fetchall()]

@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+
+from duckmesh.bus.postgres import PostgresBus
+from duckmesh.catalog.db import CatalogPool
+from duckmesh.coordinator.worker import Coordinator, CoordinatorConfig
+from duckmesh.storage.retry import RetryingObjectStore
+from tests.conftest import KeyMaker
+from tests.helpers import create_table, records
+
+
+async def _published(client: httpx.AsyncClient, headers: dict[str, str], coordinator: Coordinator, start: int, count: int) -> None:
+    await client.post("/v1/ingest/events", headers=headers, json={"records": records(start, count)})
+    await coordinator.run_once()
+
+
+async def _count(client: httpx.AsyncClient, headers: dict[str, str], **extra: Any) -> dict[str, Any]:
+    response = await client.post("/v1/query", headers=headers, json={"sql": "SELECT count(*), sum(id) FROM events", **extra})
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+async def test_snapshot_list_is_paged_newest_first_with_table_stats(
+    client: httpx.AsyncClient, make_key: KeyMaker, pool: CatalogPool, bus: PostgresBus, store: RetryingObjectStore
+) -> None:
+    headers = await make_key()
+    await create_table(client, headers)
+    coordinator = Coordinator(pool, bus, store, CoordinatorConfig(owner="c"))
+    for i in range(5):
+        await _published(client, headers, coordinator, i * 10, 10)
+    page = (await client.get("/v1/snapshots?limit=2", headers=headers)).json()
+    ids = [s["snapshot_id"] for s in page["snapshots"]]
+    assert ids == sorted(ids, reverse=True) and len(ids) == 2 and page["next_before"] == ids[-1]
+    newest = page["snapshots"][0]
+    assert newest["kind"] == "ingest" and newest["max_visibility_token"] == 50 and newest["pinned"] is False
+    assert newest["tables"]["events"]["files"] == 5 and newest["tables"]["events"]["rows"] == 50
+    assert newest["tables"]["events"]["watermark"] == 50
+    rest = (await client.get(f"/v1/snapshots?limit=10&before={page['next_before']}", headers=headers)).json()
+    assert len(rest["snapshots"]) == 3 and all(s["snapshot_id"] < page["next_before"] for s in rest["snapshots"])
+    assert rest["next_before"] is None
+    one = (await client.get(f"/v1/snapshots/{ids[1]}", headers=headers)).json()
+    assert len(one["files"]["events"]) == 4 and one["parent_snapshot_id"] is not None
+    other = await make_key("other")
+    assert (await client.get(f"/v1/snapshots/{ids[1]}", headers=other)).status_code == 404
+
+
+async def test_restore_makes_latest_equal_the_old_snapshot_and_ingest_continues(
+    client: httpx.AsyncClient, make_key: KeyMaker, pool: CatalogPool, bus: PostgresBus, store: RetryingObjectStore
+) -> None:
+    headers = await make_key()
+    await create_table(client, headers)
+    coordinator = Coordinator(pool, bus, store, CoordinatorConfig(owner="c"))
+    await _published(client, headers, coordinator, 0, 10)
+    target = await _count(client, headers)
+    await _published(client, headers, coordinator, 10, 5)
+    await _published(client, headers, coordinator, 15, 5)
+    before_restore = await _count(client, headers)
+    restored = await client.post("/v1/snapshots/restore", headers=headers, json={"snapshot_id": target["snapshot_id"]})
+    assert restored.status_code == 201, restored.text
+    body = restored.json()
+    assert body["kind"] == "restore" and body["max_visibility_token"] == before_restore["max_visibility_token"] == 20
+    latest = await _count(client, headers)
+    at_target = await _count(client, headers, snapshot_id=target["snapshot_id"])
+    assert latest["rows"] == at_target["rows"] == [[10, 45]]
+    assert latest["max_visibility_token"] == 20, "the watermark does not go back"
+    token = (await client.post("/v1/ingest/events", headers=headers, json={"records": records(100, 1)})).json()[
+        "max_visibility_token"]
+    assert token == 21
+    await coordinator.run_once()
+    after = await _count(client, headers, min_visibility_token=token)
+    assert after["rows"][0][0] == 11
+    # restoring forward again brings the "lost" files back
+    again = await client.post("/v1/snapshots/restore", headers=headers, json={"snapshot_id": before_restore["snapshot_id"]})
+    assert again.status_code == 201
+    assert (await _count(client, headers))["rows"] == before_restore["rows"]
+
+
+async def test_snapshot_time_resolves_at_exact_boundaries(
+    client: httpx.AsyncClient, make_key: KeyMaker, pool: CatalogPool, bus: PostgresBus, store: RetryingObjectStore
+) -> None:
+    headers = await make_key()
+    await create_table(client, headers)
+    coordinator = Coordinator(pool, bus, store, CoordinatorConfig(owner="c"))
+    await _published(client, headers, coordinator, 0, 1)
+    await _published(client, headers, coordinator, 1, 1)
+    listing = (await client.get("/v1/snapshots", headers=headers)).json()["snapshots"]
+    second, first = listing[0], listing[1]
+    first_at = datetime.fromisoformat(first["created_at"])
+    second_at = datetime.fromisoformat(second["created_at"])
+
+    async def at(moment: datetime) -> httpx.Response:
+        return await client.post("/v1/query", headers=headers, json={"sql": "SELECT 1", "snapshot_time": moment.isoformat()})
+
+    assert (await at(first_at)).json()["snapshot_id"] == first["snapshot_id"], "exactly at creation: that snapshot"
+    assert (await at(second_at - timedelta(microseconds=1))).json()["snapshot_id"] == first["snapshot_id"]
+    assert (await at(second_at)).json()["snapshot_id"] == second["snapshot_id"]
+    early = await at(first_at - timedelta(microseconds=1))
+    assert early.status_code == 404 and early.json()["error_code"] == "SNAPSHOT_NOT_FOUND"
+
+
+async def test_table_info_reports_latest_snapshot_stats(
+    client: httpx.AsyncClient, make_key: KeyMaker, pool: CatalogPool, bus: PostgresBus, store: RetryingObjectStore
+) -> None:
+    headers = await make_key()
+    await create_table(client, headers)
+    coordinator = Coordinator(pool, bus, store, CoordinatorConfig(owner="c"))
+    await _published(client, headers, coordinator, 0, 7)
+    await _published(client, headers, coordinator, 7, 3)
+    info = (await client.get("/v1/tables/events", headers=headers)).json()
+    assert info["stats"]["rows"] == 10 and info["stats"]["files"] == 2 and info["stats"]["bytes"] > 0
