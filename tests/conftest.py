@@ -29,6 +29,7 @@ from duckmesh.catalog.notify import INGEST_CHANNEL, Listener
 from duckmesh.cli import build_maintenance_service, build_query_service
 from duckmesh.config import Settings
 from duckmesh.domain import ALL_ROLES, Role
+from duckmesh.ingest.backfill import BackfillService
 from duckmesh.ingest.service import IngestService
 from duckmesh.query.barrier import VisibilityBarrier
 from duckmesh.storage.local import LocalObjectStore
@@ -174,7 +175,7 @@ def app_context(
     settings = settings.model_copy(update={"cache_dir": tmp_path / "cache"})
     query = build_query_service(settings, pool, store, barrier)
     maintenance = build_maintenance_service(settings, pool, store)
-    return AppContext(settings, pool, bus, store, ingest, query, maintenance)
+    return AppContext(settings, pool, bus, store, ingest, query, maintenance, BackfillService(pool, bus, store))
 
 
 @pytest.fixture

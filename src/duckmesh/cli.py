@@ -28,6 +28,7 @@ from duckmesh.config import Settings
 from duckmesh.coordinator.worker import Coordinator, CoordinatorConfig
 from duckmesh.domain import ALL_ROLES, Role, TenantId
 from duckmesh.errors import ConfigError, DuckMeshError
+from duckmesh.ingest.backfill import BackfillService
 from duckmesh.ingest.service import IngestService
 from duckmesh.maintenance.compaction import CompactionPolicy
 from duckmesh.maintenance.retention import RetentionPolicy
@@ -145,7 +146,7 @@ async def open_runtime(settings: Settings, dsn: str, *, api: bool, coordinator: 
         )
         query = build_query_service(settings, pool, store, barrier)
         maintenance = build_maintenance_service(settings, pool, store)
-        context = AppContext(settings, pool, bus, store, ingest, query, maintenance)
+        context = AppContext(settings, pool, bus, store, ingest, query, maintenance, BackfillService(pool, bus, store))
         yield Runtime(settings, pool, bus, context, listener)
     finally:
         await barrier.stop()

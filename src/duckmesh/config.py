@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_records_per_request: int = Field(default=10_000, ge=1)
     max_payload_bytes: int = Field(default=1024 * 1024, ge=64)
+    max_backfill_bytes: int = Field(default=2 * 1024**3, ge=1024)
 
     # coordinator
     coordinator_flush_interval_ms: int = Field(default=200, ge=1)

@@ -9,7 +9,7 @@ from duckmesh.catalog.db import CatalogPool
 from duckmesh.coordinator.worker import Coordinator, CoordinatorConfig
 from duckmesh.storage.retry import RetryingObjectStore
 from tests.conftest import KeyMaker
-from tests.helpers import create_table, records
+from tests.helpers import create_table
 
 
 async def test_compaction_then_retention_then_integrity_over_the_api(

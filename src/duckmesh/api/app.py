@@ -8,7 +8,7 @@ from duckmesh import __version__
 from duckmesh.api import errors
 from duckmesh.api.context import AppContext
 from duckmesh.api.middleware import RequestContextMiddleware
-from duckmesh.api.routers import dead_letters, ingest, maintenance, ops, query, snapshots, tables
+from duckmesh.api.routers import backfill, dead_letters, ingest, maintenance, ops, query, snapshots, tables
 
 
 def create_app(ctx: AppContext, *, serve_data_api: bool = True) -> FastAPI:
@@ -23,7 +23,12 @@ def create_app(ctx: AppContext, *, serve_data_api: bool = True) -> FastAPI:
     )
     app.state.ctx = ctx
     errors.install(app)
-    for module in (ingest, query, tables, snapshots, maintenance, dead_letters, ops) if serve_data_api else (ops,):
+    data_routers = (ingest, query, tables, backfill, snapshots, maintenance, dead_letters, ops)
+    for module in data_routers if serve_data_api else (ops,):
         app.include_router(module.router)
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=ctx.settings.max_body_bytes)
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=ctx.settings.max_body_bytes,
+        max_backfill_bytes=ctx.settings.max_backfill_bytes,
+    )
     return app

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from duckmesh.bus.base import IngestBus
 from duckmesh.catalog.db import CatalogPool
 from duckmesh.config import Settings
+from duckmesh.ingest.backfill import BackfillService
 from duckmesh.ingest.service import IngestService
 from duckmesh.maintenance.service import MaintenanceService
 from duckmesh.query.service import QueryService
@@ -22,3 +23,4 @@ class AppContext:
     ingest: IngestService
     query: QueryService
     maintenance: MaintenanceService
+    backfill: BackfillService

@@ -42,9 +42,10 @@ class _BodyTooLarge(Exception):
 class RequestContextMiddleware:
     """Sets the trace id, echoes it, enforces the body limit, logs one line per request."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, max_backfill_bytes: int | None = None) -> None:
         self.app = app
-        self.max_body_bytes = max_body_bytes
+        self.default_limit = max_body_bytes
+        self.backfill_limit = max_backfill_bytes or max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -66,26 +67,28 @@ class RequestContextMiddleware:
             await send(message)
 
         received = 0
+        # Backfills stream large files to disk; every other body is bounded by the API limit.
+        limit = self.backfill_limit if scope.get("path", "").endswith("/backfill") else self.default_limit
 
         async def receive_limited() -> Message:
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
+                if received > limit:
                     raise _BodyTooLarge
             return message
 
         try:
             declared = headers.get(b"content-length")
-            if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            if declared is not None and declared.isdigit() and int(declared) > limit:
                 raise _BodyTooLarge
             await self.app(scope, receive_limited, send_wrapper)
         except _BodyTooLarge:
             if not response_started:
                 response = error_response(
                     413, "PAYLOAD_TOO_LARGE", "request body too large",
-                    context={"max_body_bytes": self.max_body_bytes},
+                    context={"max_body_bytes": limit},
                 )
                 await response(scope, receive, send_wrapper)
         except Exception:

@@ -106,10 +106,14 @@ def view_sql(table: BoundTable, paths: Sequence[str]) -> str:
 
 
 class _TenantDatabase:
-    def __init__(self, allowed_directory: str, memory_limit: str, threads: int, cursors: int) -> None:
+    def __init__(
+        self, allowed_directory: str, temp_directory: str, memory_limit: str, threads: int, cursors: int
+    ) -> None:
+        # DuckDB adds its temp (spill) directory to the allowed ones: give each tenant its own.
         self.database = duckdb.connect(":memory:", config={
             "threads": threads,
             "memory_limit": memory_limit,
+            "temp_directory": temp_directory,
             "autoinstall_known_extensions": False,
             "autoload_known_extensions": False,
         })
@@ -147,7 +151,8 @@ class QueryEngine:
             database = self._databases.get(tenant_id)
             if database is None:
                 database = _TenantDatabase(
-                    self.cache.root_for(str(tenant_id)), self._memory_limit, self._threads, self._cursors
+                    self.cache.root_for(str(tenant_id)), str(self.cache.directory / ".spill" / str(tenant_id)),
+                    self._memory_limit, self._threads, self._cursors,
                 )
                 self._databases[tenant_id] = database
                 while len(self._databases) > self._max_tenants:
@@ -172,6 +177,10 @@ class QueryEngine:
             timer = threading.Timer(timeout, cursor.connection.interrupt)
             timer.start()
             try:
+                # Defence in depth behind the parser: DuckDB's own parse must also see exactly one SELECT.
+                statements = cursor.connection.extract_statements(sql)
+                if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+                    raise SqlNotAllowed("only one read-only query is allowed")
                 relation = cursor.connection.sql(sql, params=params or None)
                 if relation is None:
                     raise SqlNotAllowed("the statement returns no rows")

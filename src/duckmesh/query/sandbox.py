@@ -29,6 +29,10 @@ _DENIED_FUNCTIONS = re.compile(
     r"has_.*_privilege|pg_.*|sqlite_.*|postgres_.*|mysql_.*|http.*|s3_.*|copy_.*|export_.*|import_.*)$",
     re.IGNORECASE,
 )
+_REFUSED_STATEMENTS = (
+    exp.Command, exp.Pragma, exp.Set, exp.Copy, exp.Create, exp.Insert, exp.Update, exp.Delete, exp.Drop,
+    exp.Alter, exp.Use, exp.Attach, exp.Detach, exp.Install, exp.Describe, exp.Summarize,
+)
 # Table functions that only generate values (no I/O) may appear in FROM.
 _ALLOWED_TABLE_FUNCTIONS = (exp.GenerateSeries, exp.Unnest, exp.ExplodingGenerateSeries)
 
@@ -45,8 +49,37 @@ def _function_name(node: exp.Func) -> str:
     return str(node.sql_name())
 
 
-def _cte_names(tree: exp.Query) -> set[str]:
-    return {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
+def _inside(node: exp.Expression, ancestor: exp.Expression) -> bool:
+    current: exp.Expression | None = node
+    while current is not None:
+        if current is ancestor:
+            return True
+        current = current.parent
+    return False
+
+
+def _visible_ctes(node: exp.Expression) -> set[str]:
+    """CTE names in scope at ``node``, following DuckDB's scoping: a WITH's names are visible in
+    its query's body; inside a CTE's own body only the earlier CTEs are, and the CTE itself only
+    in the recursive branch of a WITH RECURSIVE union. A name used anywhere else is a table
+    reference and must be one of the tenant's tables (so a CTE elsewhere in the statement can
+    never smuggle in a catalog view such as ``pg_settings``)."""
+    visible: set[str] = set()
+    child, parent = node, node.parent
+    while parent is not None:
+        if isinstance(parent, exp.With) and isinstance(child, exp.CTE):
+            ctes = list(parent.expressions)
+            position = next(i for i, cte in enumerate(ctes) if cte is child)
+            visible |= {cte.alias_or_name.lower() for cte in ctes[:position]}
+            body = child.this
+            if parent.args.get("recursive") and isinstance(body, exp.Union) and _inside(node, body.expression):
+                visible.add(child.alias_or_name.lower())
+        elif isinstance(parent, exp.Query):
+            with_ = parent.args.get("with") or parent.args.get("with_")
+            if isinstance(with_, exp.With) and child is not with_:
+                visible |= {cte.alias_or_name.lower() for cte in with_.expressions}
+        child, parent = parent, parent.parent
+    return visible
 
 
 def check(sql: str, tenant_tables: Iterable[str]) -> CheckedQuery:
@@ -63,7 +96,6 @@ def check(sql: str, tenant_tables: Iterable[str]) -> CheckedQuery:
     if not isinstance(tree, exp.Query):
         raise SqlNotAllowed("only SELECT (or WITH ... SELECT) queries are allowed", statement=tree.key)
     allowed = {t.lower() for t in tenant_tables}
-    ctes = _cte_names(tree)
     used: set[str] = set()
     for node in tree.walk():
         if isinstance(node, exp.Func):
@@ -71,9 +103,8 @@ def check(sql: str, tenant_tables: Iterable[str]) -> CheckedQuery:
             if _DENIED_FUNCTIONS.match(name):
                 raise SqlNotAllowed(f"function {name.lower()}() is not allowed", function=name.lower())
         if isinstance(node, exp.Table):
-            used |= _check_table(node, allowed, ctes)
-        if isinstance(node, (exp.Command, exp.Pragma, exp.Set, exp.Copy, exp.Create, exp.Insert, exp.Update,
-                             exp.Delete, exp.Drop, exp.Alter, exp.Use, exp.Attach, exp.Detach, exp.Install)):
+            used |= _check_table(node, allowed, _visible_ctes(node))
+        if isinstance(node, _REFUSED_STATEMENTS):
             raise SqlNotAllowed("only read-only queries are allowed", statement=node.key)
     return CheckedQuery(tree.sql(dialect="duckdb"), frozenset(used))
 
