@@ -49,8 +49,8 @@ def _function_name(node: exp.Func) -> str:
     return str(node.sql_name())
 
 
-def _inside(node: exp.Expression, ancestor: exp.Expression) -> bool:
-    current: exp.Expression | None = node
+def _inside(node: exp.Expr, ancestor: exp.Expr) -> bool:
+    current: exp.Expr | None = node
     while current is not None:
         if current is ancestor:
             return True
@@ -58,7 +58,7 @@ def _inside(node: exp.Expression, ancestor: exp.Expression) -> bool:
     return False
 
 
-def _visible_ctes(node: exp.Expression) -> set[str]:
+def _visible_ctes(node: exp.Expr) -> set[str]:
     """CTE names in scope at ``node``, following DuckDB's scoping: a WITH's names are visible in
     its query's body; inside a CTE's own body only the earlier CTEs are, and the CTE itself only
     in the recursive branch of a WITH RECURSIVE union. A name used anywhere else is a table
