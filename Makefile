@@ -25,5 +25,11 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest -q -p no:cacheprovider
 
+bench: $(STAMP)
+	$(BIN)/python bench/ingest_bench.py
+
+bench-quick: $(STAMP)
+	$(BIN)/python bench/ingest_bench.py --seconds 5
+
 clean:
 	rm -rf $(VENV) .duckmesh .pytest_cache .mypy_cache .ruff_cache

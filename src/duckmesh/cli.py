@@ -43,7 +43,10 @@ from duckmesh.storage.cache import FileCache
 from duckmesh.storage.factory import open_object_store
 
 log = logging.getLogger("duckmesh")
-app = typer.Typer(help="DuckMesh: HTTP ingest -> Parquet snapshots -> DuckDB SQL.", no_args_is_help=True)
+app = typer.Typer(
+    help="DuckMesh: HTTP ingest -> Parquet snapshots -> DuckDB SQL.", no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 migrate_app = typer.Typer(help="Catalog schema migrations.", no_args_is_help=True)
 tenant_app = typer.Typer(help="Tenants.", no_args_is_help=True)
 key_app = typer.Typer(help="API keys.", no_args_is_help=True)

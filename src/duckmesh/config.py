@@ -102,6 +102,13 @@ class Settings(BaseSettings):
             raise ValueError("DUCKMESH_HTTP_ADDR must look like HOST:PORT, e.g. 127.0.0.1:8080")
         return value
 
+    @field_validator("object_store_url")
+    @classmethod
+    def _check_store_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("file://", "s3://")):
+            raise ValueError("DUCKMESH_OBJECT_STORE_URL must start with file:// or s3://")
+        return value
+
     @model_validator(mode="before")
     @classmethod
     def _apply_profile(cls, data: Any) -> Any:

@@ -93,10 +93,14 @@ class PostgresBus:
             if row is None:
                 raise TenantNotFound("tenant does not exist", tenant_id=tenant_id)
             next_token: int = row["next_visibility_token"]
+            # One index probe per key, whatever plan PostgreSQL caches for the prepared statement
+            # (a generic plan for "= ANY(array)" scans every key of the table, under the lock).
             cur = await tx.execute(
-                "SELECT idempotency_key, op, payload_hash, visibility_token FROM ingest_event"
-                " WHERE tenant_id = %s AND table_id = %s AND idempotency_key = ANY(%s)",
-                (tenant_id, table_id, keys),
+                "SELECT e.idempotency_key, e.op, e.payload_hash, e.visibility_token"
+                " FROM unnest(%s::text[]) AS k(key) CROSS JOIN LATERAL ("
+                "   SELECT idempotency_key, op, payload_hash, visibility_token FROM ingest_event"
+                "   WHERE tenant_id = %s AND table_id = %s AND idempotency_key = k.key LIMIT 1) e",
+                (keys, tenant_id, table_id),
             )
             known: dict[str, tuple[str, bytes, int]] = {
                 r["idempotency_key"]: (r["op"], bytes(r["payload_hash"]), r["visibility_token"])
