@@ -209,6 +209,19 @@ async def head(conn: AsyncConn, tenant_id: TenantId) -> Head:
     return Head(tenant_id, row["head_snapshot_id"], VisibilityToken(row["max_visibility_token"]))
 
 
+async def head_with_time(conn: AsyncConn, tenant_id: TenantId) -> tuple[Head, datetime | None]:
+    """The head and its creation time in one round trip."""
+    cur = await conn.execute(
+        "SELECT h.head_snapshot_id, h.max_visibility_token, s.created_at FROM tenant_head h"
+        " LEFT JOIN snapshot s ON s.snapshot_id = h.head_snapshot_id WHERE h.tenant_id = %s",
+        (tenant_id,),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        raise TenantNotFound("tenant does not exist", tenant_id=tenant_id)
+    return Head(tenant_id, row["head_snapshot_id"], VisibilityToken(row["max_visibility_token"])), row["created_at"]
+
+
 async def get_snapshot(conn: AsyncConn, tenant_id: TenantId, snapshot_id: int) -> Snapshot:
     cur = await conn.execute(
         "SELECT * FROM snapshot WHERE tenant_id = %s AND snapshot_id = %s AND expired_at IS NULL",

@@ -9,15 +9,17 @@ import logging
 import os
 import socket
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from duckmesh.catalog import snapshots, tables
 from duckmesh.catalog.db import CatalogPool
+from duckmesh.catalog.snapshots import DataFile
 from duckmesh.catalog.tables import TableDef
 from duckmesh.catalog.tenants import Principal
-from duckmesh.domain import SnapshotId, TenantId
+from duckmesh.domain import SnapshotId, TableId, TenantId
 from duckmesh.errors import (
     DuckMeshError,
     QueryConcurrencyLimit,
@@ -32,9 +34,10 @@ from duckmesh.query import sandbox
 from duckmesh.query.barrier import VisibilityBarrier
 from duckmesh.query.engine import BoundTable, EngineResult, QueryEngine
 from duckmesh.query.models import QueryRequest
-from duckmesh.schema import parse_timestamp
+from duckmesh.schema import TableSchema, parse_timestamp
 
 log = logging.getLogger(__name__)
+_FILE_SET_CACHE = 512
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,8 @@ class QueryService:
         self.limits = limits
         self._slots = asyncio.Semaphore(limits.max_concurrency)
         self._owner = f"{socket.gethostname()}:{os.getpid()}"
+        self._file_sets: OrderedDict[tuple[TenantId, SnapshotId], list[DataFile]] = OrderedDict()
+        self._schemas: dict[tuple[TableId, int], TableSchema] = {}
 
     async def resolve(self, tenant_id: TenantId, request: QueryRequest) -> ResolvedSnapshot:
         if request.snapshot_id is not None and request.snapshot_time is not None:
@@ -85,8 +90,7 @@ class QueryService:
                 created = await self._created_at(tenant_id, head.snapshot_id)
                 return ResolvedSnapshot(head.snapshot_id, created, head.watermark, head.waited_ms, False)
             async with self._pool.connection() as conn:
-                latest = await snapshots.head(conn, tenant_id)
-            created = await self._created_at(tenant_id, latest.snapshot_id)
+                latest, created = await snapshots.head_with_time(conn, tenant_id)
             return ResolvedSnapshot(latest.snapshot_id, created, latest.max_visibility_token, 0.0, False)
         async with self._pool.connection() as conn:
             if request.snapshot_id is not None:
@@ -111,6 +115,30 @@ class QueryService:
                     )
         return ResolvedSnapshot(found.snapshot_id, found.created_at, found.max_visibility_token, 0.0, True)
 
+    async def _live_files(self, tenant_id: TenantId, snapshot_id: SnapshotId | None) -> list[DataFile]:
+        """A snapshot's file set never changes while it is retained: cache it per process."""
+        if snapshot_id is None:
+            return []
+        key = (tenant_id, snapshot_id)
+        cached = self._file_sets.get(key)
+        if cached is None:
+            async with self._pool.connection() as conn:
+                cached = await snapshots.live_files(conn, tenant_id, snapshot_id)
+            self._file_sets[key] = cached
+            while len(self._file_sets) > _FILE_SET_CACHE:
+                self._file_sets.popitem(last=False)
+        else:
+            self._file_sets.move_to_end(key)
+        return cached
+
+    async def _schema_versions(self, wanted: set[tuple[TableId, int]]) -> dict[tuple[TableId, int], TableSchema]:
+        """Schema versions are immutable: fetch each once per process."""
+        missing = wanted - self._schemas.keys()
+        if missing:
+            async with self._pool.connection() as conn:
+                self._schemas.update(await tables.schemas_by_version(conn, sorted({t for t, _ in missing})))
+        return {key: self._schemas[key] for key in wanted}
+
     async def _created_at(self, tenant_id: TenantId, snapshot_id: SnapshotId | None) -> datetime | None:
         if snapshot_id is None:
             return None
@@ -130,9 +158,10 @@ class QueryService:
         self, tenant_id: TenantId, snapshot_id: SnapshotId | None, defs: dict[str, TableDef], names: frozenset[str]
     ) -> list[BoundTable]:
         used = {name: table for name, table in defs.items() if name in names}
-        async with self._pool.connection() as conn:
-            files = await snapshots.live_files(conn, tenant_id, snapshot_id) if snapshot_id is not None else []
-            versions = await tables.schemas_by_version(conn, [t.table_id for t in used.values()])
+        files = await self._live_files(tenant_id, snapshot_id)
+        versions = await self._schema_versions(
+            {(t.table_id, f.schema_version) for t in used.values() for f in files if f.table_id == t.table_id}
+        )
         bound = []
         for name, table in sorted(used.items()):
             mine = [f for f in files if f.table_id == table.table_id]
