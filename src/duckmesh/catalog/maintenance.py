@@ -122,7 +122,7 @@ async def expirable_snapshots(
     return [SnapshotId(r["snapshot_id"]) for r in await cur.fetchall()]
 
 
-async def expire_snapshots(conn: AsyncConn, tenant_id: TenantId, snapshot_ids: list[SnapshotId]) -> int:
+async def expire_snapshots(conn: AsyncConn, tenant_id: TenantId, snapshot_ids: list[SnapshotId]) -> list[SnapshotId]:
     # Re-checks pins and leases in the same statement: a pin or query lease taken since the
     # candidates were listed wins.
     cur = await conn.execute(
@@ -130,11 +130,13 @@ async def expire_snapshots(conn: AsyncConn, tenant_id: TenantId, snapshot_ids: l
         " AND s.expired_at IS NULL"
         " AND NOT EXISTS (SELECT 1 FROM snapshot_pin p WHERE p.snapshot_id = s.snapshot_id"
         "      AND (p.expires_at IS NULL OR p.expires_at > now()))"
-        " AND NOT EXISTS (SELECT 1 FROM snapshot_lease l WHERE l.snapshot_id = s.snapshot_id AND l.expires_at > now())",
+        " AND NOT EXISTS (SELECT 1 FROM snapshot_lease l WHERE l.snapshot_id = s.snapshot_id AND l.expires_at > now())"
+        " RETURNING s.snapshot_id",
         (tenant_id, snapshot_ids),
     )
+    expired = [SnapshotId(r["snapshot_id"]) for r in await cur.fetchall()]
     await conn.execute("DELETE FROM snapshot_lease WHERE tenant_id = %s AND expires_at < now()", (tenant_id,))
-    return cur.rowcount
+    return expired
 
 
 @dataclass(frozen=True)
@@ -145,8 +147,11 @@ class Deletable:
     file_size_bytes: int
 
 
-async def deletable_files(conn: AsyncConn, tenant_id: TenantId, safety_age: timedelta) -> list[Deletable]:
-    """Files no retained snapshot references and that left the live set over ``safety_age`` ago."""
+async def deletable_files(
+    conn: AsyncConn, tenant_id: TenantId, safety_age: timedelta, assume_expired: list[SnapshotId] | None = None
+) -> list[Deletable]:
+    """Files no retained snapshot references and that left the live set over ``safety_age`` ago
+    (``assume_expired``: snapshots to treat as expired already, for dry runs)."""
     cur = await conn.execute(
         "SELECT f.file_id, f.table_id, f.path, f.file_size_bytes FROM data_file f"
         " WHERE f.tenant_id = %(t)s"
@@ -155,11 +160,12 @@ async def deletable_files(conn: AsyncConn, tenant_id: TenantId, safety_age: time
         "   AND NOT EXISTS (SELECT 1 FROM file_live_range r JOIN snapshot s"
         "        ON s.tenant_id = r.tenant_id AND s.snapshot_id >= r.added_snapshot_id"
         "        AND s.snapshot_id < r.removed_snapshot_id AND s.expired_at IS NULL"
+        "        AND s.snapshot_id <> ALL(%(assume)s::bigint[])"
         "        WHERE r.file_id = f.file_id)"
         "   AND (SELECT max(s.created_at) FROM file_live_range r JOIN snapshot s"
         "        ON s.snapshot_id = r.removed_snapshot_id WHERE r.file_id = f.file_id) < now() - %(age)s"
         " ORDER BY f.file_id",
-        {"t": tenant_id, "age": safety_age},
+        {"t": tenant_id, "age": safety_age, "assume": list(assume_expired or [])},
     )
     return [Deletable(FileId(r["file_id"]), TableId(r["table_id"]), r["path"], r["file_size_bytes"])
             for r in await cur.fetchall()]

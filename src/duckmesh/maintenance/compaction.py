@@ -140,15 +140,17 @@ class Compactor:
         return {"dry_run": dry_run, "tables": results}
 
     async def compact_table(self, tenant_id: TenantId, table: TableDef, dry_run: bool = False) -> dict[str, Any]:
+        # The lease owner is unique per run: a second run, in another process or in this one
+        # (the loop and an admin request), skips the table instead of duplicating the work.
+        run_owner = f"{self.owner}:{uuid.uuid4().hex[:8]}"
         async with self._pool.connection() as conn:
-            # A second compactor on the same table skips it instead of duplicating the work.
-            if not await maintenance.acquire_job(conn, tenant_id, table.table_id, JOB, self.owner, 3600):
-                return {"status": "skipped", "reason": "another compactor holds this table"}
+            if not await maintenance.acquire_job(conn, tenant_id, table.table_id, JOB, run_owner, 3600):
+                return {"status": "skipped", "reason": "another compaction run holds this table"}
         try:
             return await self._compact_locked(tenant_id, table, dry_run)
         finally:
             async with self._pool.connection() as conn:
-                await maintenance.release_job(conn, tenant_id, table.table_id, JOB, self.owner)
+                await maintenance.release_job(conn, tenant_id, table.table_id, JOB, run_owner)
 
     async def _compact_locked(self, tenant_id: TenantId, table: TableDef, dry_run: bool) -> dict[str, Any]:
         async with self._pool.connection() as conn:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 from duckmesh.catalog import maintenance, snapshots
 from duckmesh.catalog.db import CatalogPool
 from duckmesh.catalog.snapshots import PublishPlan
-from duckmesh.domain import SnapshotKind, TenantId
+from duckmesh.domain import SnapshotId, SnapshotKind, TenantId
 from duckmesh.errors import StorageError
 from duckmesh.observability import metrics
 from duckmesh.storage.base import ObjectStore
@@ -48,16 +49,18 @@ class RetentionRunner:
         self.owner = owner
 
     async def run(self, tenant_id: TenantId, dry_run: bool = False) -> dict[str, Any]:
+        run_owner = f"{self.owner}:{uuid.uuid4().hex[:8]}"
         async with self._pool.connection() as conn:
             # One retention run per tenant at a time (table id 0 = the whole tenant).
-            if not await maintenance.acquire_job(conn, tenant_id, 0, "retention", self.owner, 3600):
+            if not await maintenance.acquire_job(conn, tenant_id, 0, "retention", run_owner, 3600):
                 return {"status": "skipped", "reason": "another retention run holds this tenant"}
             run_id = await maintenance.start_run(conn, "retention", tenant_id, self.owner, dry_run=dry_run)
         summary: dict[str, Any] = {"dry_run": dry_run, "failures": []}
         try:
             summary["files_expired_by_table_retention"] = await self._table_retention(tenant_id, dry_run)
-            summary["snapshots_expired"] = await self._expire(tenant_id, dry_run)
-            deleted, freed = await self._delete_files(tenant_id, dry_run, summary["failures"])
+            expiring = await self._expire(tenant_id, dry_run)
+            summary["snapshots_expired"] = len(expiring)
+            deleted, freed = await self._delete_files(tenant_id, dry_run, summary["failures"], expiring)
             summary.update(files_deleted=deleted, bytes_freed=freed)
             summary["orphans_deleted"] = await self._orphans(tenant_id, dry_run, summary["failures"])
             summary["events_deleted"] = await self._bus_cleanup(tenant_id, dry_run)
@@ -69,7 +72,7 @@ class RetentionRunner:
         finally:
             async with self._pool.connection() as conn:
                 await maintenance.finish_run(conn, "retention", run_id, status, summary)
-                await maintenance.release_job(conn, tenant_id, 0, "retention", self.owner)
+                await maintenance.release_job(conn, tenant_id, 0, "retention", run_owner)
             metrics.GC_RUNS.labels(status).inc()
         return {"status": status, "run_id": run_id, **summary}
 
@@ -90,18 +93,24 @@ class RetentionRunner:
             return 0  # a compaction moved those files first; the next run sees the new ones
         return len(expired)
 
-    async def _expire(self, tenant_id: TenantId, dry_run: bool) -> int:
+    async def _expire(self, tenant_id: TenantId, dry_run: bool) -> list[SnapshotId]:
+        """The snapshots expired by this run (a dry run: those it would expire)."""
         async with self._pool.connection() as conn:
             candidates = await maintenance.expirable_snapshots(
                 conn, tenant_id, self.policy.keep_snapshots, self.policy.snapshot_min_age
             )
             if dry_run or not candidates:
-                return len(candidates)
+                return candidates
             return await maintenance.expire_snapshots(conn, tenant_id, candidates)
 
-    async def _delete_files(self, tenant_id: TenantId, dry_run: bool, failures: list[str]) -> tuple[int, int]:
+    async def _delete_files(
+        self, tenant_id: TenantId, dry_run: bool, failures: list[str], expiring: list[SnapshotId]
+    ) -> tuple[int, int]:
         async with self._pool.connection() as conn:
-            doomed = await maintenance.deletable_files(conn, tenant_id, self.policy.gc_safety_age)
+            # A dry run counts as if its expiry had happened, so it reports what a real run deletes.
+            doomed = await maintenance.deletable_files(
+                conn, tenant_id, self.policy.gc_safety_age, assume_expired=expiring if dry_run else []
+            )
         if dry_run:
             return len(doomed), sum(f.file_size_bytes for f in doomed)
         gone = []

@@ -194,16 +194,24 @@ class QueryService:
             raise SqlRequired("the request has no sql")
         row_limit = min(request.row_limit or self.limits.default_row_limit, self.limits.max_row_limit)
         resolved = await self.resolve(tenant_id, request)
-        defs = await self._tables(tenant_id, resolved)
-        checked = sandbox.check(request.sql, defs)
-        bound = await self._bind(tenant_id, resolved.snapshot_id, defs, checked.tables)
         lease_id = None
         if resolved.pinned_by_request and resolved.snapshot_id is not None:
+            # Lease first, then re-check: either retention sees the lease and keeps the snapshot,
+            # or it expired the snapshot before the lease and the query answers 404 (never
+            # reads files GC may be deleting).
             async with self._pool.connection() as conn:
                 lease_id = await snapshots.acquire_lease(
                     conn, tenant_id, resolved.snapshot_id, self._owner, self.limits.timeout + 60
                 )
+                try:
+                    await snapshots.get_snapshot(conn, tenant_id, resolved.snapshot_id)
+                except DuckMeshError:
+                    await snapshots.release_lease(conn, lease_id)
+                    raise
         try:
+            defs = await self._tables(tenant_id, resolved)
+            checked = sandbox.check(request.sql, defs)
+            bound = await self._bind(tenant_id, resolved.snapshot_id, defs, checked.tables)
             result = await self._run(tenant_id, bound, checked.sql, request.params, row_limit)
         finally:
             if lease_id is not None:
