@@ -154,6 +154,16 @@ async def test_expired_lease_is_taken_over_and_the_old_owner_cannot_ack(contract
     await in_tx(lambda tx: bus.ack(tx, new, [e.event_id for e in new.events], 2))
 
 
+async def test_ack_must_cover_every_event_the_claim_still_holds_for_the_tenant(contract_bus: Any) -> None:
+    bus, tenant, table, in_tx = contract_bus
+    await bus.publish(tenant, table, 1, [event("a"), event("b")])
+    claim = await bus.claim("w", 10, 1 << 20, 30)
+    with pytest.raises(LeaseLost):
+        await in_tx(lambda tx: bus.ack(tx, claim, [claim.events[0].event_id], 1))
+    lag = await bus.lag(tenant)
+    assert lag["claimed_events"] == 2, "the refused ack changed nothing"
+
+
 async def test_extend_keeps_a_live_claim(contract_bus: Any) -> None:
     bus, tenant, table, _ = contract_bus
     await bus.publish(tenant, table, 1, [event("a")])

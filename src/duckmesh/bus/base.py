@@ -119,8 +119,10 @@ class IngestBus(Protocol):
         ...
 
     async def ack(self, tx: Any, claim: Claim, event_ids: Sequence[EventId], snapshot_id: int) -> None:
-        """Mark events committed inside the caller's catalog transaction ``tx``. Raises
-        LeaseLost (and the caller rolls back) when the claim no longer holds all of them."""
+        """Mark events committed inside the caller's catalog transaction ``tx``. ``event_ids``
+        are all events of one tenant that the claim still holds (the others were nacked or
+        released first). Raises LeaseLost (and the caller rolls back) when the claim no longer
+        holds exactly those."""
         ...
 
     async def nack(

@@ -171,11 +171,15 @@ class PostgresBus:
     async def ack(self, tx: AsyncConn, claim: Claim, event_ids: Sequence[EventId], snapshot_id: int) -> None:
         # The lease is re-checked here, inside the publishing transaction: if another coordinator
         # took the events over after our lease expired, this publish must not happen.
+        # Events of this claim that are still claimed by us are exactly the ones being acked
+        # (poison events were nacked, released ones handed back), so the claim id selects them
+        # without shipping the id list; the count check still catches a lost lease.
+        tenant_id = next(e.tenant_id for e in claim.events if e.event_id == event_ids[0])
         cur = await tx.execute(
             "UPDATE ingest_event SET state = 'committed', lease_owner = NULL, lease_until = NULL,"
             " resolved_at = now(), snapshot_id = %s, payload = NULL"
-            " WHERE event_id = ANY(%s) AND claim_id = %s AND state = 'claimed' AND lease_owner = %s",
-            (snapshot_id, list(event_ids), claim.claim_id, claim.owner),
+            " WHERE claim_id = %s AND tenant_id = %s AND state = 'claimed' AND lease_owner = %s",
+            (snapshot_id, claim.claim_id, tenant_id, claim.owner),
         )
         if cur.rowcount != len(event_ids):
             raise LeaseLost("lease expired before publication", claim_id=claim.claim_id)
