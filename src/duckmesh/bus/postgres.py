@@ -86,13 +86,7 @@ class PostgresBus:
             # The counter row lock serializes accepting transactions of this tenant: tokens are
             # assigned and become visible in commit order, and concurrent retries of one key
             # see each other's committed rows.
-            cur = await tx.execute(
-                "SELECT next_visibility_token FROM tenant_counter WHERE tenant_id = %s FOR UPDATE", (tenant_id,)
-            )
-            row = await cur.fetchone()
-            if row is None:
-                raise TenantNotFound("tenant does not exist", tenant_id=tenant_id)
-            next_token: int = row["next_visibility_token"]
+            next_token = await _lock_counter(tx, tenant_id)
             # One index probe per key, whatever plan PostgreSQL caches for the prepared statement
             # (a generic plan for "= ANY(array)" scans every key of the table, under the lock).
             cur = await tx.execute(
@@ -294,6 +288,19 @@ class PostgresBus:
         assert row is not None
         return dict(row)
 
+async def _lock_counter(tx: AsyncConn, tenant_id: TenantId) -> int:
+    """Lock the tenant's token counter until ``tx`` ends and return the next token. Every
+    token allocation (ingest, replay, backfill reservation) goes through this lock, which makes
+    tokens gap-free and commit-ordered per tenant."""
+    cur = await tx.execute(
+        "SELECT next_visibility_token FROM tenant_counter WHERE tenant_id = %s FOR UPDATE", (tenant_id,)
+    )
+    row = await cur.fetchone()
+    if row is None:
+        raise TenantNotFound("tenant does not exist", tenant_id=tenant_id)
+    return int(row["next_visibility_token"])
+
+
 def _assign(
     events: Sequence[NewEvent], known: dict[str, tuple[str, bytes, int]], next_token: int
 ) -> tuple[list[int], list[bool], list[int], list[int]]:
@@ -387,12 +394,7 @@ async def reserve_tokens(
     range is gap-free and commit-ordered). Returns (reservation, created); an existing
     reservation with the same backfill id is returned as is (the caller decides)."""
     async with pool.transaction() as tx:
-        cur = await tx.execute(
-            "SELECT next_visibility_token FROM tenant_counter WHERE tenant_id = %s FOR UPDATE", (tenant_id,)
-        )
-        row = await cur.fetchone()
-        if row is None:
-            raise TenantNotFound("tenant does not exist", tenant_id=tenant_id)
+        first = await _lock_counter(tx, tenant_id)
         cur = await tx.execute(
             "SELECT * FROM token_reservation WHERE tenant_id = %s AND table_id = %s AND backfill_id = %s",
             (tenant_id, table_id, backfill_id),
@@ -400,7 +402,6 @@ async def reserve_tokens(
         existing = await cur.fetchone()
         if existing is not None:
             return Reservation.from_row(existing), False
-        first = int(row["next_visibility_token"])
         cur = await tx.execute(
             "INSERT INTO token_reservation (tenant_id, table_id, backfill_id, payload_hash, min_token, max_token,"
             " expires_at, record_count) VALUES (%s, %s, %s, %s, %s, %s, now() + make_interval(secs => %s), %s)"
@@ -450,12 +451,7 @@ async def replay_dead_letters(
     stays failed, so the watermark never goes back) under a derived idempotency key, so replaying
     the same dead letter twice is a no-op. Events of dropped tables are not replayed."""
     async with pool.transaction() as tx:
-        cur = await tx.execute(
-            "SELECT next_visibility_token FROM tenant_counter WHERE tenant_id = %s FOR UPDATE", (tenant_id,)
-        )
-        counter = await cur.fetchone()
-        if counter is None:
-            raise TenantNotFound("tenant does not exist", tenant_id=tenant_id)
+        next_token = await _lock_counter(tx, tenant_id)
         cur = await tx.execute(
             "SELECT e.* FROM ingest_event e JOIN table_def t ON t.table_id = e.table_id AND t.dropped_at IS NULL"
             " WHERE e.tenant_id = %s AND e.event_id = ANY(%s) AND e.state = 'failed' AND e.replayed_at IS NULL"
@@ -463,7 +459,6 @@ async def replay_dead_letters(
             (tenant_id, list(event_ids)),
         )
         rows = await cur.fetchall()
-        next_token = int(counter["next_visibility_token"])
         replayed = []
         for offset, row in enumerate(rows):
             token = next_token + offset

@@ -173,6 +173,16 @@ async def publish(
     return Snapshot.from_row(row)
 
 
+async def publish_keeping_watermark(tx: AsyncConn, plan: PublishPlan) -> Snapshot:
+    """Publish a change that makes no event visible (compaction, retention, restore): the
+    tenant and table watermarks stay those of the parent. Raises LiveSetChanged when a file
+    the plan removes is no longer live."""
+    head = await lock_head(tx, plan.tenant_id)
+    snapshot_id = await reserve_snapshot_id(tx)
+    marks = await table_watermarks(tx, head.snapshot_id)
+    return await publish(tx, head, snapshot_id, plan, head.max_visibility_token, marks)
+
+
 async def _add_files(tx: AsyncConn, tenant_id: TenantId, snapshot_id: SnapshotId, files: Sequence[NewDataFile]) -> None:
     # One statement for the files, the change set and the live ranges.
     await tx.execute(

@@ -222,11 +222,7 @@ class Compactor:
                             remove=[f.file_id for f in chosen.inputs])
         try:
             async with self._pool.transaction() as tx:
-                head = await snapshots.lock_head(tx, tenant_id)
-                snapshot_id = await snapshots.reserve_snapshot_id(tx)
-                # The watermark of a compaction snapshot equals its parent's.
-                marks = await snapshots.table_watermarks(tx, head.snapshot_id)
-                await snapshots.publish(tx, head, snapshot_id, plan_, head.max_visibility_token, marks)
+                await snapshots.publish_keeping_watermark(tx, plan_)
         except LiveSetChanged:
             for output in outputs:  # never referenced by a snapshot: safe to delete right away
                 await asyncio.to_thread(self._store.delete, output.path)

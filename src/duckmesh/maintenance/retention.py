@@ -85,10 +85,7 @@ class RetentionRunner:
                            remove=[file_id for _, file_id in expired])
         try:
             async with self._pool.transaction() as tx:
-                head = await snapshots.lock_head(tx, tenant_id)
-                snapshot_id = await snapshots.reserve_snapshot_id(tx)
-                marks = await snapshots.table_watermarks(tx, head.snapshot_id)
-                await snapshots.publish(tx, head, snapshot_id, plan, head.max_visibility_token, marks)
+                await snapshots.publish_keeping_watermark(tx, plan)
         except snapshots.LiveSetChanged:
             return 0  # a compaction moved those files first; the next run sees the new ones
         return len(expired)
