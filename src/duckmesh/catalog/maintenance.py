@@ -123,18 +123,26 @@ async def expirable_snapshots(
 
 
 async def expire_snapshots(conn: AsyncConn, tenant_id: TenantId, snapshot_ids: list[SnapshotId]) -> list[SnapshotId]:
-    # Re-checks pins and leases in the same statement: a pin or query lease taken since the
-    # candidates were listed wins.
-    cur = await conn.execute(
-        "UPDATE snapshot s SET expired_at = now() WHERE s.tenant_id = %s AND s.snapshot_id = ANY(%s)"
-        " AND s.expired_at IS NULL"
-        " AND NOT EXISTS (SELECT 1 FROM snapshot_pin p WHERE p.snapshot_id = s.snapshot_id"
-        "      AND (p.expires_at IS NULL OR p.expires_at > now()))"
-        " AND NOT EXISTS (SELECT 1 FROM snapshot_lease l WHERE l.snapshot_id = s.snapshot_id AND l.expires_at > now())"
-        " RETURNING s.snapshot_id",
-        (tenant_id, snapshot_ids),
-    )
-    expired = [SnapshotId(r["snapshot_id"]) for r in await cur.fetchall()]
+    # Lock the candidates first, then re-check pins and leases in a NEW statement (a fresh view):
+    # a query that leases a snapshot and re-reads it with FOR SHARE either commits its lease
+    # before this check (the snapshot is kept) or waits and then sees it expired (404).
+    async with conn.transaction():
+        await conn.execute(
+            "SELECT snapshot_id FROM snapshot WHERE tenant_id = %s AND snapshot_id = ANY(%s)"
+            " AND expired_at IS NULL ORDER BY snapshot_id FOR UPDATE",
+            (tenant_id, snapshot_ids),
+        )
+        cur = await conn.execute(
+            "UPDATE snapshot s SET expired_at = now() WHERE s.tenant_id = %s AND s.snapshot_id = ANY(%s)"
+            " AND s.expired_at IS NULL"
+            " AND NOT EXISTS (SELECT 1 FROM snapshot_pin p WHERE p.snapshot_id = s.snapshot_id"
+            "      AND (p.expires_at IS NULL OR p.expires_at > now()))"
+            " AND NOT EXISTS (SELECT 1 FROM snapshot_lease l WHERE l.snapshot_id = s.snapshot_id"
+            "      AND l.expires_at > now())"
+            " RETURNING s.snapshot_id",
+            (tenant_id, snapshot_ids),
+        )
+        expired = [SnapshotId(r["snapshot_id"]) for r in await cur.fetchall()]
     await conn.execute("DELETE FROM snapshot_lease WHERE tenant_id = %s AND expires_at < now()", (tenant_id,))
     return expired
 
@@ -188,7 +196,14 @@ async def expired_by_table_retention(conn: AsyncConn, tenant_id: TenantId) -> li
         "SELECT r.table_id, r.file_id FROM file_live_range r JOIN data_file f USING (file_id)"
         " JOIN table_def t ON t.table_id = r.table_id"
         " WHERE r.tenant_id = %s AND r.removed_snapshot_id IS NULL AND t.retention_days IS NOT NULL"
-        "   AND f.max_event_time < now() - make_interval(days => t.retention_days)",
+        "   AND f.max_event_time < now() - make_interval(days => t.retention_days)"
+        # Keyed tables: drop a file only when no kept file holds an older token, so a dropped
+        # delete (or newer version) can never uncover an older version of a key.
+        "   AND (cardinality(t.primary_key) = 0 OR NOT EXISTS ("
+        "     SELECT 1 FROM file_live_range r2 JOIN data_file f2 USING (file_id)"
+        "     WHERE r2.tenant_id = r.tenant_id AND r2.table_id = r.table_id AND r2.removed_snapshot_id IS NULL"
+        "       AND f2.min_token < f.max_token"
+        "       AND f2.max_event_time >= now() - make_interval(days => t.retention_days)))",
         (tenant_id,),
     )
     return [(TableId(r["table_id"]), FileId(r["file_id"])) for r in await cur.fetchall()]

@@ -232,9 +232,11 @@ async def head_with_time(conn: AsyncConn, tenant_id: TenantId) -> tuple[Head, da
     return Head(tenant_id, row["head_snapshot_id"], VisibilityToken(row["max_visibility_token"])), row["created_at"]
 
 
-async def get_snapshot(conn: AsyncConn, tenant_id: TenantId, snapshot_id: int) -> Snapshot:
+async def get_snapshot(conn: AsyncConn, tenant_id: TenantId, snapshot_id: int, *, lock: bool = False) -> Snapshot:
+    """A retained snapshot; ``lock`` (FOR SHARE) waits for an expiry in flight to finish."""
     cur = await conn.execute(
-        "SELECT * FROM snapshot WHERE tenant_id = %s AND snapshot_id = %s AND expired_at IS NULL",
+        "SELECT * FROM snapshot WHERE tenant_id = %s AND snapshot_id = %s AND expired_at IS NULL"
+        + (" FOR SHARE" if lock else ""),
         (tenant_id, snapshot_id),
     )
     row = await cur.fetchone()

@@ -204,7 +204,7 @@ class QueryService:
                     conn, tenant_id, resolved.snapshot_id, self._owner, self.limits.timeout + 60
                 )
                 try:
-                    await snapshots.get_snapshot(conn, tenant_id, resolved.snapshot_id)
+                    await snapshots.get_snapshot(conn, tenant_id, resolved.snapshot_id, lock=True)
                 except DuckMeshError:
                     await snapshots.release_lease(conn, lease_id)
                     raise
