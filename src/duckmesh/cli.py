@@ -29,6 +29,7 @@ from duckmesh.coordinator.worker import Coordinator, CoordinatorConfig
 from duckmesh.domain import ALL_ROLES, Role, TenantId
 from duckmesh.errors import ConfigError, DuckMeshError
 from duckmesh.ingest.backfill import BackfillService
+from duckmesh.ingest.backpressure import Admission
 from duckmesh.ingest.service import IngestService
 from duckmesh.maintenance.compaction import CompactionPolicy
 from duckmesh.maintenance.retention import RetentionPolicy
@@ -143,9 +144,12 @@ async def open_runtime(settings: Settings, dsn: str, *, api: bool, coordinator: 
             await barrier.start()
         bus = PostgresBus(pool, listener)
         store = open_object_store(settings)
+        admission = Admission(
+            rate_limit=settings.ingest_rate_limit, max_pending=settings.max_pending_events_per_tenant
+        )
         ingest = IngestService(
             pool, bus, max_records=settings.max_records_per_request, max_payload_bytes=settings.max_payload_bytes,
-            wait_for_visibility=barrier.wait_for_ingest,
+            wait_for_visibility=barrier.wait_for_ingest, admission=admission,
         )
         query = build_query_service(settings, pool, store, barrier)
         maintenance = build_maintenance_service(settings, pool, store)
@@ -209,7 +213,10 @@ async def _serve(runtime: Runtime, *, api: bool, coordinator: bool, compactor: b
         )
         tasks.append(asyncio.create_task(runtime.ctx.maintenance.run_loops(stop, intervals), name="maintenance"))
     if api:
-        tasks.append(asyncio.create_task(run_lag_sampler(lambda: lag_by_tenant(runtime.pool), stop), name="lag"))
+        admission = runtime.ctx.ingest.admission
+        tasks.append(asyncio.create_task(
+            run_lag_sampler(lambda: lag_by_tenant(runtime.pool), stop, on_pending=admission.observe_pending), name="lag"
+        ))
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
     stop.set()

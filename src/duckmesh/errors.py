@@ -162,3 +162,13 @@ class IntegrityCheckFailed(DuckMeshError):
 
 class SchemaIncompatible(DuckMeshError):
     error_code, http_status = "SCHEMA_INCOMPATIBLE", 409
+
+
+class IngestBackpressure(DuckMeshError):
+    """The tenant has too many accepted events not yet visible; nothing of the request was stored."""
+
+    error_code, http_status, retryable = "INGEST_BACKPRESSURE", 429, True
+
+
+class RateLimited(DuckMeshError):
+    error_code, http_status, retryable = "RATE_LIMITED", 429, True

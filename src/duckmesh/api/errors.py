@@ -62,8 +62,12 @@ def install(app: FastAPI) -> None:
     async def _domain(_: Request, exc: DuckMeshError) -> Response:
         if exc.http_status >= 500:
             log.warning("request_failed", extra={"error_code": exc.error_code})
+        headers = None
+        if exc.http_status == 429:  # every shed request says when to come back
+            headers = {"Retry-After": str(max(1, round(float(exc.context.get("retry_after_s", 1)))))}
         return error_response(
-            exc.http_status, exc.error_code, exc.message, retryable=exc.retryable, context=exc.context
+            exc.http_status, exc.error_code, exc.message, retryable=exc.retryable, context=exc.context,
+            headers=headers,
         )
 
     @app.exception_handler(RequestValidationError)

@@ -16,7 +16,15 @@ from duckmesh.catalog.db import CatalogPool
 from duckmesh.catalog.tables import TableDef
 from duckmesh.catalog.tenants import Principal
 from duckmesh.domain import Op, SnapshotId, TableId, TenantId, VisibilityToken
-from duckmesh.errors import ConsistencyTimeout, OpNotSupported, PayloadTooLarge, RecordsRequired, ValidationFailed
+from duckmesh.errors import (
+    ConsistencyTimeout,
+    DuckMeshError,
+    OpNotSupported,
+    PayloadTooLarge,
+    RecordsRequired,
+    ValidationFailed,
+)
+from duckmesh.ingest.backpressure import Admission
 from duckmesh.ingest.models import IngestReceipt, IngestRecord, IngestRequest
 from duckmesh.observability import metrics
 from duckmesh.schema import PayloadValidator, parse_timestamp
@@ -34,12 +42,14 @@ class IngestService:
         max_records: int,
         max_payload_bytes: int,
         wait_for_visibility: VisibilityWaiter | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self._pool = pool
         self._bus = bus
         self._max_records = max_records
         self._max_payload_bytes = max_payload_bytes
         self._wait = wait_for_visibility
+        self.admission = admission or Admission()
         self._validators: dict[tuple[TableId, int], PayloadValidator] = {}
 
     def _validator(self, table: TableDef) -> PayloadValidator:
@@ -60,6 +70,11 @@ class IngestService:
             raise PayloadTooLarge(
                 "too many records in one request", records=len(request.records), max_records=self._max_records
             )
+        try:
+            self.admission.admit(principal.tenant_id, len(request.records))
+        except DuckMeshError:
+            metrics.INGEST_REJECTED.labels(tenant, "backpressure").inc(len(request.records))
+            raise
         async with self._pool.connection() as conn:
             table = await tables.get_table(conn, principal.tenant_id, table_name)
         events = self._validate(table, request.records)

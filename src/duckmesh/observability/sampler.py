@@ -16,10 +16,15 @@ log = logging.getLogger(__name__)
 LagSource = Callable[[], Awaitable[list[dict[str, Any]]]]
 
 
-async def run_lag_sampler(source: LagSource, stop: asyncio.Event, interval: float = 5.0) -> None:
+async def run_lag_sampler(
+    source: LagSource, stop: asyncio.Event, interval: float = 5.0,
+    on_pending: Callable[[Any, int], None] | None = None,
+) -> None:
     while not stop.is_set():
         try:
             for row in await source():
+                if on_pending is not None:
+                    on_pending(row["tenant_id"], int(row["pending_events"]))
                 tenant = str(row["tenant_id"])
                 metrics.INGEST_LAG_EVENTS.labels(tenant).set(row["pending_events"])
                 metrics.VISIBILITY_LAG.labels(tenant).set(row["oldest_pending_age_s"] or 0.0)
