@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from duckmesh.api.app import create_app
 from duckmesh.api.context import AppContext
 from duckmesh.bus.postgres import PostgresBus, lag_by_tenant
-from duckmesh.catalog import migrate, tenants
+from duckmesh.catalog import audit, migrate, tenants
 from duckmesh.catalog.db import CatalogPool, embedded_dsn, redact_dsn
 from duckmesh.catalog.notify import INGEST_CHANNEL, Listener
 from duckmesh.config import Settings
@@ -407,7 +407,13 @@ def _run_catalog(coro_factory):  # type: ignore[no-untyped-def]
 
 @tenant_app.command("create")
 def tenant_create(name: str) -> None:
-    tenant = _run_catalog(lambda conn: tenants.create_tenant(conn, name))
+    async def create(conn):  # type: ignore[no-untyped-def]
+        created = await tenants.create_tenant(conn, name)
+        await audit.record(conn, None, "tenant.create", "tenant", str(created.tenant_id), {"name": name},
+                           tenant_id=created.tenant_id, actor="cli")
+        return created
+
+    tenant = _run_catalog(create)
     typer.echo(json.dumps({"tenant_id": tenant.tenant_id, "name": tenant.name}))
 
 
@@ -419,7 +425,10 @@ def key_create(
 ) -> None:
     async def create(conn):  # type: ignore[no-untyped-def]
         found = await tenants.get_tenant(conn, tenant)
-        return await tenants.create_key(conn, found.tenant_id, role)
+        created = await tenants.create_key(conn, found.tenant_id, role)
+        await audit.record(conn, None, "key.create", "api_key", created[0].key_id,
+                           {"roles": [r.value for r in role]}, tenant_id=found.tenant_id, actor="cli")
+        return created
 
     key, secret = _run_catalog(create)
     out = {"key_id": key.key_id, "key": secret, "tenant_id": key.tenant_id, "roles": [r.value for r in key.roles]}
@@ -428,7 +437,12 @@ def key_create(
 
 @key_app.command("revoke")
 def key_revoke(key_id: str) -> None:
-    key = _run_catalog(lambda conn: tenants.revoke_key(conn, key_id))
+    async def revoke(conn):  # type: ignore[no-untyped-def]
+        revoked = await tenants.revoke_key(conn, key_id)
+        await audit.record(conn, None, "key.revoke", "api_key", key_id, {}, tenant_id=revoked.tenant_id, actor="cli")
+        return revoked
+
+    key = _run_catalog(revoke)
     typer.echo(json.dumps({"key_id": key.key_id, "revoked_at": key.revoked_at.isoformat()}))
 
 

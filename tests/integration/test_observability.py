@@ -99,3 +99,15 @@ async def test_ready_reports_each_check(client: httpx.AsyncClient) -> None:
     ready = await client.get("/v1/ready")
     assert ready.status_code == 200
     assert ready.json()["checks"] == {"catalog": "ok", "migrations": "ok", "object_store": "ok"}
+
+
+async def test_admin_actions_are_in_the_tenants_audit_trail(client: httpx.AsyncClient, make_key: KeyMaker) -> None:
+    headers = await make_key()
+    other = await make_key("other")
+    await create_table(client, headers)
+    await client.post("/v1/compaction/run", headers=headers, json={"dry_run": True})
+    trail = (await client.get("/v1/audit", headers=headers)).json()["entries"]
+    assert [e["action"] for e in trail] == ["compaction.run", "table.create"]
+    key_id = headers["Authorization"].split("_")[1]
+    assert all(e["trace_id"] and e["actor"] == key_id for e in trail)
+    assert (await client.get("/v1/audit", headers=other)).json()["entries"] == []

@@ -31,3 +31,12 @@ async def record(
             action, object_type, object_id, Jsonb(details or {}), trace_id,
         ),
     )
+
+
+async def recent(conn: AsyncConn, tenant_id: int, limit: int, before: int | None = None) -> list[dict[str, Any]]:
+    cur = await conn.execute(
+        "SELECT audit_id, actor, action, object_type, object_id, details, trace_id, created_at FROM admin_audit"
+        " WHERE tenant_id = %s AND audit_id < %s ORDER BY audit_id DESC LIMIT %s",
+        (tenant_id, before if before is not None else 2**62, limit),
+    )
+    return [{**row, "created_at": row["created_at"].isoformat()} for row in await cur.fetchall()]

@@ -3,12 +3,12 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
 from duckmesh.api.auth import require
 from duckmesh.api.context import AppContext
-from duckmesh.catalog import migrate, snapshots
+from duckmesh.catalog import audit, migrate, snapshots
 from duckmesh.catalog.tenants import Principal
 from duckmesh.domain import Role
 from duckmesh.errors import NotReady
@@ -75,3 +75,15 @@ async def lag(principal: Ops, request: Request) -> dict[str, Any]:
         "latest_snapshot_time": row["created_at"].isoformat() if row["created_at"] else None,
         "tables": {},
     }
+
+
+@router.get("/v1/audit", responses={401: {}, 403: {}})
+async def audit_trail(
+    principal: Ops, request: Request,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100, before: Annotated[int | None, Query(ge=1)] = None,
+) -> dict[str, Any]:
+    """Admin and security-relevant actions of the caller's tenant, newest first."""
+    ctx: AppContext = request.app.state.ctx
+    async with ctx.pool.connection() as conn:
+        entries = await audit.recent(conn, principal.tenant_id, limit, before)
+    return {"entries": entries, "next_before": entries[-1]["audit_id"] if len(entries) == limit else None}
