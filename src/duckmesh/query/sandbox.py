@@ -9,6 +9,7 @@ except the tenant's own file directory, and configuration locked.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -83,7 +84,15 @@ def _visible_ctes(node: exp.Expr) -> set[str]:
 
 
 def check(sql: str, tenant_tables: Iterable[str]) -> CheckedQuery:
-    """Return the SQL to run and the tenant tables it reads; raise SqlNotAllowed or QueryInvalid."""
+    """Return the SQL to run and the tenant tables it reads; raise SqlNotAllowed or QueryInvalid.
+
+    The verdict depends only on the text and the set of table names, so it is cached (repeated
+    dashboard queries skip the ~1 ms parse); refusals are not cached."""
+    return _check_cached(sql, frozenset(t.lower() for t in tenant_tables))
+
+
+@functools.lru_cache(maxsize=4096)
+def _check_cached(sql: str, allowed: frozenset[str]) -> CheckedQuery:
     if not sql or not sql.strip():
         raise SqlNotAllowed("the query is empty")
     try:
@@ -95,7 +104,6 @@ def check(sql: str, tenant_tables: Iterable[str]) -> CheckedQuery:
     tree = statements[0]
     if not isinstance(tree, exp.Query):
         raise SqlNotAllowed("only SELECT (or WITH ... SELECT) queries are allowed", statement=tree.key)
-    allowed = {t.lower() for t in tenant_tables}
     used: set[str] = set()
     for node in tree.walk():
         if isinstance(node, exp.Func):
@@ -109,7 +117,7 @@ def check(sql: str, tenant_tables: Iterable[str]) -> CheckedQuery:
     return CheckedQuery(tree.sql(dialect="duckdb"), frozenset(used))
 
 
-def _check_table(node: exp.Table, allowed: set[str], ctes: set[str]) -> set[str]:
+def _check_table(node: exp.Table, allowed: frozenset[str], ctes: set[str]) -> set[str]:
     target = node.this
     if isinstance(target, exp.Func):
         if isinstance(target, _ALLOWED_TABLE_FUNCTIONS):
