@@ -20,7 +20,8 @@ from pydantic import ValidationError
 
 from duckmesh.api.app import create_app
 from duckmesh.api.context import AppContext
-from duckmesh.bus.postgres import PostgresBus, lag_by_tenant
+from duckmesh.bus.operations import lag_by_tenant
+from duckmesh.bus.postgres import PostgresBus
 from duckmesh.catalog import audit, migrate, tenants
 from duckmesh.catalog.db import CatalogPool, embedded_dsn, redact_dsn
 from duckmesh.catalog.notify import INGEST_CHANNEL, Listener

@@ -85,7 +85,7 @@ async def test_ndjson_backfill_validates_every_row_and_shares_the_token_sequence
 async def test_an_abandoned_backfill_reservation_expires_and_stops_holding_the_watermark(
     client: httpx.AsyncClient, make_key: KeyMaker, pool: CatalogPool, bus: PostgresBus, store: RetryingObjectStore
 ) -> None:
-    from duckmesh.bus.postgres import reserve_tokens
+    from duckmesh.bus.operations import reserve_tokens
 
     headers = await make_key()
     table = await create_table(client, headers)

@@ -5,7 +5,7 @@ import asyncio
 import httpx
 
 from duckmesh.api.context import AppContext
-from duckmesh.bus.postgres import lag_by_tenant
+from duckmesh.bus.operations import lag_by_tenant
 from duckmesh.catalog.db import CatalogPool
 from duckmesh.ingest.backpressure import Admission
 from duckmesh.observability.sampler import run_lag_sampler

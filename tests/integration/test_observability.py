@@ -7,7 +7,8 @@ import logging
 import httpx
 import pytest
 
-from duckmesh.bus.postgres import PostgresBus, lag_by_tenant
+from duckmesh.bus.operations import lag_by_tenant
+from duckmesh.bus.postgres import PostgresBus
 from duckmesh.catalog.db import CatalogPool
 from duckmesh.coordinator.worker import Coordinator, CoordinatorConfig
 from duckmesh.observability import metrics

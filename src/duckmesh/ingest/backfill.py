@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from duckmesh.bus.base import IngestBus
-from duckmesh.bus.postgres import commit_reservation, reserve_tokens
+from duckmesh.bus.operations import commit_reservation, reserve_tokens
 from duckmesh.catalog import snapshots, tables
 from duckmesh.catalog.db import CatalogPool
 from duckmesh.catalog.snapshots import NewDataFile, PublishPlan

@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from duckmesh.api.auth import require
 from duckmesh.api.context import AppContext
-from duckmesh.bus.postgres import dead_letters, replay_dead_letters
+from duckmesh.bus.operations import dead_letters, replay_dead_letters
 from duckmesh.catalog import audit
 from duckmesh.catalog.tenants import Principal
 from duckmesh.domain import Role
