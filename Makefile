@@ -25,11 +25,13 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest -q -p no:cacheprovider
 
+# The benchmark suite (bench/README.md): real processes + PostgreSQL on 127.0.0.1 -> bench/REPORT.md.
 bench: $(STAMP)
-	$(BIN)/python bench/ingest_bench.py
+	$(BIN)/python bench/run.py
 
+# Smoke run: tiny sizes, one repetition, every section -> bench/results/REPORT-quick.md.
 bench-quick: $(STAMP)
-	$(BIN)/python bench/ingest_bench.py --seconds 5
+	$(BIN)/python bench/run.py --quick
 
 clean:
 	rm -rf $(VENV) .duckmesh .pytest_cache .mypy_cache .ruff_cache
