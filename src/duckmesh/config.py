@@ -104,6 +104,14 @@ class Settings(BaseSettings):
             raise ValueError("DUCKMESH_HTTP_ADDR must look like HOST:PORT, e.g. 127.0.0.1:8080")
         return value
 
+    @field_validator("idempotency_window", "maintenance_snapshot_min_age", "maintenance_gc_safety_age", mode="before")
+    @classmethod
+    def _seconds_or_iso(cls, value: Any) -> Any:
+        """Durations: a number of seconds ("600"), ISO 8601 ("PT10M"), "HH:MM:SS" or "7 days"."""
+        if isinstance(value, str) and value.strip().replace(".", "", 1).isdigit():
+            return timedelta(seconds=float(value))
+        return value
+
     @field_validator("object_store_url")
     @classmethod
     def _check_store_url(cls, value: str | None) -> str | None:
