@@ -29,6 +29,7 @@ SECTIONS = (
     "Resources",
     "Profile",
     "Bottlenecks and next steps",
+    "Fixed in the first performance pass",
 )
 
 
