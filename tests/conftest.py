@@ -28,6 +28,7 @@ from duckmesh.catalog.db import CatalogPool
 from duckmesh.catalog.notify import INGEST_CHANNEL, Listener
 from duckmesh.cli import build_maintenance_service, build_query_service
 from duckmesh.config import Settings
+from duckmesh.coordinator.worker import Coordinator, CoordinatorConfig
 from duckmesh.domain import ALL_ROLES, Role
 from duckmesh.ingest.backfill import BackfillService
 from duckmesh.ingest.service import IngestService
@@ -212,3 +213,15 @@ def free_port() -> int:
 def scratch_dir() -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="duckmesh-test-") as path:
         yield Path(path)
+
+
+QueryCtx = tuple[httpx.AsyncClient, dict[str, str], Coordinator]
+
+
+@pytest.fixture
+async def ctx(
+    client: httpx.AsyncClient, make_key: KeyMaker, pool: CatalogPool, bus: PostgresBus, store: RetryingObjectStore
+) -> QueryCtx:
+    """An API client, all-roles headers of tenant "acme", and a coordinator to publish with."""
+    headers = await make_key("acme")
+    return client, headers, Coordinator(pool, bus, store, CoordinatorConfig(owner="c"))

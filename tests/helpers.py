@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import duckdb
 import httpx
 
+from duckmesh.bus.postgres import PostgresBus
 from duckmesh.catalog import snapshots
 from duckmesh.catalog.db import CatalogPool
+from duckmesh.catalog.notify import Listener
+from duckmesh.coordinator.worker import Coordinator, CoordinatorConfig
 from duckmesh.domain import TenantId
 from duckmesh.storage.base import ObjectStore
 
@@ -62,3 +68,32 @@ async def head_watermark(pool: CatalogPool, tenant_id: int) -> tuple[int | None,
     async with pool.connection() as conn:
         head = await snapshots.head(conn, TenantId(tenant_id))
     return head.snapshot_id, head.max_visibility_token
+
+
+@contextlib.asynccontextmanager
+async def running_coordinators(
+    pool: CatalogPool, store: ObjectStore, listener: Listener, count: int = 2
+) -> AsyncIterator[list[Coordinator]]:
+    """``count`` coordinators running their real loop (NOTIFY wake-ups, 50 ms flush) until the block ends."""
+    stop = asyncio.Event()
+    workers = [
+        Coordinator(pool, PostgresBus(pool, listener), store, CoordinatorConfig(owner=f"c{i}", flush_interval=0.05))
+        for i in range(count)
+    ]
+    tasks = [asyncio.create_task(w.run(stop)) for w in workers]
+    try:
+        yield workers
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+
+
+async def query_ok(client: httpx.AsyncClient, headers: dict[str, str], sql: str, **extra: Any) -> dict[str, Any]:
+    """POST /v1/query, which must answer 200; the parsed body."""
+    response = await client.post("/v1/query", headers=headers, json={"sql": sql, **extra})
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+async def post_query(client: httpx.AsyncClient, headers: dict[str, str], sql: str, **extra: Any) -> httpx.Response:
+    return await client.post("/v1/query", headers=headers, json={"sql": sql, **extra})

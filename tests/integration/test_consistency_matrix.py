@@ -4,8 +4,6 @@ is in tests/acceptance)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -16,30 +14,8 @@ from duckmesh.catalog.notify import Listener
 from duckmesh.coordinator.worker import Coordinator, CoordinatorConfig
 from duckmesh.storage.retry import RetryingObjectStore
 from tests.conftest import KeyMaker
-from tests.helpers import create_table, records
-
-
-@contextlib.asynccontextmanager
-async def running_coordinators(
-    pool: CatalogPool, store: RetryingObjectStore, listener: Listener, count: int = 2
-) -> AsyncIterator[list[Coordinator]]:
-    stop = asyncio.Event()
-    workers = [
-        Coordinator(pool, PostgresBus(pool, listener), store, CoordinatorConfig(owner=f"c{i}", flush_interval=0.05))
-        for i in range(count)
-    ]
-    tasks = [asyncio.create_task(w.run(stop)) for w in workers]
-    try:
-        yield workers
-    finally:
-        stop.set()
-        await asyncio.gather(*tasks)
-
-
-async def query(client: httpx.AsyncClient, headers: dict[str, str], sql: str, **extra: Any) -> dict[str, Any]:
-    response = await client.post("/v1/query", headers=headers, json={"sql": sql, **extra})
-    assert response.status_code == 200, response.text
-    return dict(response.json())
+from tests.helpers import create_table, records, running_coordinators
+from tests.helpers import query_ok as query
 
 
 async def test_1_strict_write_then_read_under_load_always_sees_the_write(

@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -23,33 +21,15 @@ from duckmesh.maintenance.compaction import CompactionPolicy, Compactor, plan
 from duckmesh.maintenance.retention import RetentionPolicy
 from duckmesh.storage.retry import RetryingObjectStore
 from tests.conftest import KeyMaker
-from tests.helpers import create_table, records
+from tests.helpers import create_table, records, running_coordinators
+from tests.helpers import query_ok as query
 
 KV_COLUMNS: list[dict[str, Any]] = [{"name": "id", "type": "int64", "nullable": False}, {"name": "v", "type": "int64"}]
 EAGER = CompactionPolicy(min_input_files=2)
 
 
-@contextlib.asynccontextmanager
-async def running_coordinators(
-    pool: CatalogPool, store: RetryingObjectStore, listener: Listener, count: int = 2
-) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    workers = [
-        Coordinator(pool, PostgresBus(pool, listener), store, CoordinatorConfig(owner=f"c{i}", flush_interval=0.05))
-        for i in range(count)
-    ]
-    tasks = [asyncio.create_task(w.run(stop)) for w in workers]
-    try:
-        yield
-    finally:
-        stop.set()
-        await asyncio.gather(*tasks)
 
 
-async def query(client: httpx.AsyncClient, headers: dict[str, str], sql: str, **extra: Any) -> dict[str, Any]:
-    response = await client.post("/v1/query", headers=headers, json={"sql": sql, **extra})
-    assert response.status_code == 200, response.text
-    return dict(response.json())
 
 
 async def ingest(client: httpx.AsyncClient, headers: dict[str, str], table: str, body: list[dict[str, Any]]) -> int:

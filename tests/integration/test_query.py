@@ -1,32 +1,12 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
-import httpx
 import pyarrow as pa
-import pytest
 
-from duckmesh.bus.postgres import PostgresBus
-from duckmesh.catalog.db import CatalogPool
-from duckmesh.coordinator.worker import Coordinator, CoordinatorConfig
-from duckmesh.storage.retry import RetryingObjectStore
-from tests.conftest import KeyMaker
+from tests.conftest import QueryCtx as Ctx
 from tests.helpers import create_table, records
-
-Ctx = tuple[httpx.AsyncClient, dict[str, str], Coordinator]
-
-
-@pytest.fixture
-async def ctx(
-    client: httpx.AsyncClient, make_key: KeyMaker, pool: CatalogPool, bus: PostgresBus, store: RetryingObjectStore
-) -> Ctx:
-    headers = await make_key("acme")
-    return client, headers, Coordinator(pool, bus, store, CoordinatorConfig(owner="c"))
-
-
-async def q(client: httpx.AsyncClient, headers: dict[str, str], sql: str, **extra: Any) -> httpx.Response:
-    return await client.post("/v1/query", headers=headers, json={"sql": sql, **extra})
+from tests.helpers import post_query as q
 
 
 async def test_a_table_with_no_data_is_queryable_with_its_columns(ctx: Ctx) -> None:

@@ -13,33 +13,20 @@ import pyarrow.parquet as pq
 import pytest
 
 from duckmesh.api.context import AppContext
-from duckmesh.bus.postgres import PostgresBus
 from duckmesh.catalog import tenants
 from duckmesh.catalog.db import CatalogPool
-from duckmesh.coordinator.worker import Coordinator, CoordinatorConfig
 from duckmesh.domain import TenantId
 from duckmesh.errors import QueryInvalid, SqlNotAllowed
 from duckmesh.query.engine import QueryEngine
 from duckmesh.storage.cache import FileCache
 from duckmesh.storage.local import LocalObjectStore
-from duckmesh.storage.retry import RetryingObjectStore
 from tests.conftest import KeyMaker
+from tests.conftest import QueryCtx as Ctx
 from tests.helpers import create_table, records
+from tests.helpers import post_query as q
 
-Ctx = tuple[httpx.AsyncClient, dict[str, str], Coordinator]
 REFUSED_CODES = {"SQL_NOT_ALLOWED", "QUERY_INVALID"}
 
-
-@pytest.fixture
-async def ctx(
-    client: httpx.AsyncClient, make_key: KeyMaker, pool: CatalogPool, bus: PostgresBus, store: RetryingObjectStore
-) -> Ctx:
-    headers = await make_key("acme")
-    return client, headers, Coordinator(pool, bus, store, CoordinatorConfig(owner="c"))
-
-
-async def q(client: httpx.AsyncClient, headers: dict[str, str], sql: str, **extra: Any) -> httpx.Response:
-    return await client.post("/v1/query", headers=headers, json={"sql": sql, **extra})
 
 
 async def assert_serving(client: httpx.AsyncClient, headers: dict[str, str]) -> None:
