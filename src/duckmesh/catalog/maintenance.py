@@ -185,6 +185,11 @@ async def forget_files(conn: AsyncConn, file_ids: list[FileId]) -> None:
     await conn.execute("DELETE FROM data_file WHERE file_id = ANY(%s)", (file_ids,))
 
 
+async def path_known(conn: AsyncConn, path: str) -> bool:
+    cur = await conn.execute("SELECT 1 FROM data_file WHERE path = %s", (path,))
+    return await cur.fetchone() is not None
+
+
 async def known_paths(conn: AsyncConn, tenant_id: TenantId) -> set[str]:
     cur = await conn.execute("SELECT path FROM data_file WHERE tenant_id = %s", (tenant_id,))
     return {r["path"] for r in await cur.fetchall()}
@@ -209,13 +214,16 @@ async def expired_by_table_retention(conn: AsyncConn, tenant_id: TenantId) -> li
     return [(TableId(r["table_id"]), FileId(r["file_id"])) for r in await cur.fetchall()]
 
 
-async def delete_committed_events(conn: AsyncConn, tenant_id: TenantId, window: timedelta) -> int:
+async def delete_committed_events(
+    conn: AsyncConn, tenant_id: TenantId, window: timedelta, *, dry_run: bool = False
+) -> int:
     """Ingest-bus cleanup: committed events older than the idempotency window (their keys are
-    forgotten; their rows live on in Parquet)."""
-    cur = await conn.execute(
-        "DELETE FROM ingest_event WHERE tenant_id = %s AND state = 'committed' AND resolved_at < now() - %s",
-        (tenant_id, window),
-    )
+    forgotten; their rows live on in Parquet). A dry run only counts them."""
+    where = "FROM ingest_event WHERE tenant_id = %s AND state = 'committed' AND resolved_at < now() - %s"
+    if dry_run:
+        row = await (await conn.execute("SELECT count(*) AS n " + where, (tenant_id, window))).fetchone()
+        return int(row["n"]) if row else 0
+    cur = await conn.execute("DELETE " + where, (tenant_id, window))
     return cur.rowcount
 
 

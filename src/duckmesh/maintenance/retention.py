@@ -135,7 +135,7 @@ class RetentionRunner:
         for orphan in orphans:
             # Re-check: a coordinator may have published this very file since we listed.
             async with self._pool.connection() as conn:
-                if orphan.key in await maintenance.known_paths(conn, tenant_id):
+                if await maintenance.path_known(conn, orphan.key):
                     continue
             try:
                 await asyncio.to_thread(self._store.delete, orphan.key)
@@ -147,12 +147,6 @@ class RetentionRunner:
 
     async def _bus_cleanup(self, tenant_id: TenantId, dry_run: bool) -> int:
         async with self._pool.connection() as conn:
-            if dry_run:
-                cur = await conn.execute(
-                    "SELECT count(*) AS n FROM ingest_event WHERE tenant_id = %s AND state = 'committed'"
-                    " AND resolved_at < now() - %s",
-                    (tenant_id, self.policy.idempotency_window),
-                )
-                row = await cur.fetchone()
-                return int(row["n"]) if row else 0
-            return await maintenance.delete_committed_events(conn, tenant_id, self.policy.idempotency_window)
+            return await maintenance.delete_committed_events(
+                conn, tenant_id, self.policy.idempotency_window, dry_run=dry_run
+            )
