@@ -134,6 +134,22 @@ async def new_tenant(
                   Coordinator(pool, bus, store, CoordinatorConfig(owner="c")))
 
 
+def gate_engine(app_context: AppContext, monkeypatch: Any) -> tuple[threading.Event, threading.Event]:
+    """Hold every query inside the engine: ``in_scan`` is set once one is there (its snapshot
+    leased and bound), and it runs only after ``release`` is set."""
+    engine = app_context.query._engine
+    in_scan, release = threading.Event(), threading.Event()
+    run = engine.run
+
+    def gated_run(*args: Any, **kwargs: Any) -> Any:
+        in_scan.set()
+        assert release.wait(30)
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "run", gated_run)
+    return in_scan, release
+
+
 async def test_gc_keeps_every_file_of_the_newest_snapshots_and_deletes_exactly_the_unreachable_ones(
     client: httpx.AsyncClient, make_key: KeyMaker, pool: CatalogPool, bus: PostgresBus, store: RetryingObjectStore,
     app_context: AppContext,
@@ -220,17 +236,8 @@ async def test_a_slow_query_on_an_old_snapshot_returns_its_rows_while_gc_runs(
     old = [await t.ingest(), await t.ingest()][0]
     await t.compact()
     old_files = await t.files_of(old)
-    engine = app_context.query._engine
-    in_scan, release = threading.Event(), threading.Event()
-    run = engine.run
-
-    def slow_run(*args: Any, **kwargs: Any) -> Any:
-        # The scan has started (the query holds its snapshot) and stays in progress until GC is done.
-        in_scan.set()
-        assert release.wait(30)
-        return run(*args, **kwargs)
-
-    monkeypatch.setattr(engine, "run", slow_run)
+    # The scan has started (the query holds its snapshot) and stays in progress until GC is done.
+    in_scan, release = gate_engine(app_context, monkeypatch)
     heavy = ("SELECT e.id, count(*) AS n FROM events e, range(3000000) r(x)"
              " WHERE r.x % 1000 = e.id % 1000 GROUP BY e.id ORDER BY e.id")
     slow = asyncio.create_task(t.query(old, heavy))
@@ -243,7 +250,6 @@ async def test_a_slow_query_on_an_old_snapshot_returns_its_rows_while_gc_runs(
     assert rows == [[i, 3000] for i in range(10)], "the in-flight query read intact files"
     assert old in await t.retained() and during["snapshots_expired"] == 1
     assert all(store.head(p) is not None for p in old_files)
-    monkeypatch.setattr(engine, "run", run)
     after = await t.retain()  # the query ended and gave its lease back
     assert old not in await t.retained() and after["files_deleted"] == len(old_files)
 
@@ -448,16 +454,7 @@ async def test_a_query_leasing_while_expiry_is_in_flight_answers_404_or_keeps_it
     t = await new_tenant(client, make_key, pool, bus, store, app_context)
     old = [await t.ingest(), await t.ingest()][0]
     await t.compact()
-    engine = app_context.query._engine
-    in_scan, release = threading.Event(), threading.Event()
-    run = engine.run
-
-    def gated_run(*args: Any, **kwargs: Any) -> Any:
-        in_scan.set()
-        assert release.wait(30)
-        return run(*args, **kwargs)
-
-    monkeypatch.setattr(engine, "run", gated_run)
+    in_scan, release = gate_engine(app_context, monkeypatch)
     # Hold retention's expiry statement open (in production it is in flight for the length of one
     # UPDATE) while the query resolves, leases and re-checks the snapshot.
     async with pool.transaction() as expiry:
