@@ -44,14 +44,19 @@ QUICK = Profile(
 
 # Every process: maintenance loops parked (runs are triggered through the API so they can be
 # timed and never land inside another measurement); retention as aggressive as allowed so GC
-# and bus cleanup act on everything that is no longer the head.
+# and bus cleanup act on everything that is no longer the head. The GC safety age must stay
+# at least 4x every lease (the server refuses less), so leases are short and GC waits it out.
+GC_SAFETY_SECONDS = 4
 CLUSTER_SETTINGS = {
     "maintenance_compaction_interval_s": "86400",
     "maintenance_retention_interval_s": "86400",
     "maintenance_integrity_interval_s": "86400",
     "maintenance_keep_snapshots": "1",
     "maintenance_snapshot_min_age": "PT0S",
-    "maintenance_gc_safety_age": "PT0S",
+    "maintenance_gc_safety_age": f"PT{GC_SAFETY_SECONDS}S",
+    "coordinator_lease_seconds": str(GC_SAFETY_SECONDS / 4),
+    "maintenance_job_lease_seconds": str(GC_SAFETY_SECONDS / 4),
+    "backfill_lease_seconds": str(GC_SAFETY_SECONDS / 4),
     "idempotency_window": "PT0S",
 }
 

@@ -176,7 +176,7 @@ def app_context(
     settings = settings.model_copy(update={"cache_dir": tmp_path / "cache"})
     query = build_query_service(settings, pool, store, barrier)
     maintenance = build_maintenance_service(settings, pool, store)
-    return AppContext(settings, pool, bus, store, ingest, query, maintenance, BackfillService(pool, bus, store))
+    return AppContext(settings, pool, bus, store, ingest, query, maintenance, BackfillService(pool, store))
 
 
 @pytest.fixture

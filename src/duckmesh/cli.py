@@ -68,8 +68,10 @@ def load_settings(service: str) -> Settings:
         settings = Settings()
     except ValidationError as exc:
         for err in exc.errors():
-            name = "DUCKMESH_" + "_".join(str(p) for p in err["loc"]).upper()
-            typer.echo(f"configuration error: {name}: {err['msg']}", err=True)
+            where = "_".join(str(p) for p in err["loc"]).upper()
+            # A check across settings (no single field) names its variables in its message.
+            prefix = f"DUCKMESH_{where}: " if where else ""
+            typer.echo(f"configuration error: {prefix}{err['msg'].removeprefix('Value error, ')}", err=True)
         raise typer.Exit(2) from None
     configure(f"{settings.service_name}-{service}", settings.log_level, settings.log_format)
     return settings
@@ -122,14 +124,16 @@ def build_maintenance_service(settings: Settings, pool: CatalogPool, store: Obje
         target_file_bytes=settings.maintenance_compaction_target_file_bytes,
         max_input_bytes=settings.maintenance_compaction_max_input_bytes,
         memory_limit=settings.query_memory_limit,
+        lease_seconds=settings.maintenance_job_lease_seconds,
     )
     retention = RetentionPolicy(
         keep_snapshots=settings.maintenance_keep_snapshots,
         snapshot_min_age=settings.maintenance_snapshot_min_age,
         gc_safety_age=settings.maintenance_gc_safety_age,
         idempotency_window=settings.idempotency_window,
+        dead_letter_retention=settings.dead_letter_retention,
     )
-    return MaintenanceService(pool, store, compaction, retention, owner)
+    return MaintenanceService(pool, store, compaction, retention, owner, settings.state_dir.resolve() / "scratch")
 
 
 @asynccontextmanager
@@ -154,7 +158,8 @@ async def open_runtime(settings: Settings, dsn: str, *, api: bool, coordinator: 
         )
         query = build_query_service(settings, pool, store, barrier)
         maintenance = build_maintenance_service(settings, pool, store)
-        context = AppContext(settings, pool, bus, store, ingest, query, maintenance, BackfillService(pool, bus, store))
+        backfill = BackfillService(pool, store, lease_seconds=settings.backfill_lease_seconds)
+        context = AppContext(settings, pool, bus, store, ingest, query, maintenance, backfill)
         yield Runtime(settings, pool, bus, context, listener)
     finally:
         await barrier.stop()

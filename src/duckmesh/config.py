@@ -19,6 +19,7 @@ from pydantic_settings import (
 )
 
 Profile = Literal["dev", "test", "prod"]
+LEASE_SAFETY_FACTOR = 4
 
 # Profiles only change defaults; an explicitly set variable always wins.
 _PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -58,6 +59,8 @@ class Settings(BaseSettings):
     max_backfill_bytes: int = Field(default=2 * 1024**3, ge=1024)
     ingest_rate_limit: float = Field(default=0.0, ge=0)
     max_pending_events_per_tenant: int = Field(default=5_000_000, ge=0)
+    backfill_lease_seconds: float = Field(default=60.0, gt=0)
+    dead_letter_retention: timedelta = timedelta(days=30)
 
     # coordinator
     coordinator_flush_interval_ms: int = Field(default=200, ge=1)
@@ -91,6 +94,7 @@ class Settings(BaseSettings):
     maintenance_snapshot_min_age: timedelta = timedelta(hours=1)
     maintenance_gc_safety_age: timedelta = timedelta(minutes=10)
     maintenance_created_by: str | None = None
+    maintenance_job_lease_seconds: float = Field(default=60.0, gt=0)
 
     # object store retries
     storage_retry_attempts: int = Field(default=6, ge=1)
@@ -104,7 +108,8 @@ class Settings(BaseSettings):
             raise ValueError("DUCKMESH_HTTP_ADDR must look like HOST:PORT, e.g. 127.0.0.1:8080")
         return value
 
-    @field_validator("idempotency_window", "maintenance_snapshot_min_age", "maintenance_gc_safety_age", mode="before")
+    @field_validator("idempotency_window", "maintenance_snapshot_min_age", "maintenance_gc_safety_age",
+                     "dead_letter_retention", mode="before")
     @classmethod
     def _seconds_or_iso(cls, value: Any) -> Any:
         """Durations: a number of seconds ("600"), ISO 8601 ("PT10M"), "HH:MM:SS" or "7 days"."""
@@ -133,6 +138,21 @@ class Settings(BaseSettings):
     def _check_prod(self) -> Settings:
         if self.profile == "prod" and not self.catalog_dsn:
             raise ValueError("profile prod needs DUCKMESH_CATALOG_DSN (no embedded database in prod)")
+        return self
+
+    @model_validator(mode="after")
+    def _check_leases(self) -> Settings:
+        """Every lease must be far shorter than the GC safety age: a worker that stalls past its
+        lease can no longer publish, and nothing it could still publish is ever old enough to be
+        collected (ADR 0005)."""
+        safety = self.maintenance_gc_safety_age.total_seconds()
+        for name in ("coordinator_lease_seconds", "maintenance_job_lease_seconds", "backfill_lease_seconds"):
+            lease = float(getattr(self, name))
+            if lease * LEASE_SAFETY_FACTOR > safety:
+                raise ValueError(
+                    f"DUCKMESH_{name.upper()} ({lease:g} s) must be at most 1/{LEASE_SAFETY_FACTOR} of"
+                    f" DUCKMESH_MAINTENANCE_GC_SAFETY_AGE ({safety:g} s); shorten the lease or raise the safety age"
+                )
         return self
 
     @classmethod

@@ -9,6 +9,7 @@ TenantId = NewType("TenantId", int)
 TableId = NewType("TableId", int)
 SnapshotId = NewType("SnapshotId", int)
 VisibilityToken = NewType("VisibilityToken", int)
+ReservationId = NewType("ReservationId", int)
 EventId = NewType("EventId", int)
 FileId = NewType("FileId", int)
 
@@ -42,6 +43,7 @@ class SnapshotKind(StrEnum):
     RESTORE = "restore"
     BACKFILL = "backfill"
     DROP = "drop"
+    SCHEMA = "schema"  # a table was created or its schema changed: the snapshot pins the new version
 
 
 # Hidden columns every data file carries; they never reach a query result.

@@ -116,10 +116,27 @@ class ObjectNotFound(StorageError):
     error_code, http_status = "OBJECT_NOT_FOUND", 404
 
 
-class LeaseLost(DuckMeshError):
+class CommitConflict(DuckMeshError):
+    """A precondition of a snapshot commit no longer holds (inputs changed, a lease or write
+    intent expired...); nothing was published. The caller may plan again."""
+
+    error_code, http_status, retryable = "COMMIT_CONFLICT", 409, True
+
+
+class NothingToCommit(CommitConflict):
+    """A commit step found nothing left to do (another worker did it first); nothing was published."""
+
+
+class LeaseLost(CommitConflict):
     """A worker's lease expired and another worker may own the work now; the worker must stop."""
 
     error_code, http_status, retryable = "LEASE_LOST", 409, True
+
+
+class DataFileMissing(DuckMeshError):
+    """A data file a snapshot references is gone from the object store (run an integrity check)."""
+
+    error_code, http_status = "DATA_FILE_MISSING", 500
 
 
 class ConfigError(DuckMeshError):

@@ -26,7 +26,7 @@ import binascii
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from decimal import Context, Decimal, InvalidOperation
 from typing import Any, Literal
@@ -74,12 +74,16 @@ def decimal_params(type_name: str) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class Column:
+    """``field_id`` is stable for the column's life: a column dropped and later re-added under the
+    same name gets a new id, so files written before the drop never lend it their values."""
+
     name: str
     type: str
     nullable: bool = True
+    field_id: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "type": self.type, "nullable": self.nullable}
+        return {"name": self.name, "type": self.type, "nullable": self.nullable, "field_id": self.field_id}
 
 
 @dataclass(frozen=True)
@@ -118,7 +122,7 @@ class TableSchema:
                 problems.append(f"column {name!r}: {exc}")
                 continue
             nullable = bool(spec.get("nullable", True)) and name not in primary_key
-            built.append(Column(name, type_name, nullable))
+            built.append(Column(name, type_name, nullable, len(built) + 1))
         if not built and not problems:
             problems.append("a table needs at least one column")
         problems += _key_problems(built, seen, primary_key, partition_by)
@@ -126,10 +130,25 @@ class TableSchema:
             raise SchemaError("; ".join(problems))
         return cls(tuple(built), tuple(primary_key), tuple(partition_by))
 
+    def evolve(self, columns: Iterable[Mapping[str, Any]], last_field_id: int) -> TableSchema:
+        """The next version from a whole new column list: a column that exists now keeps its field
+        id, every other one gets a new id above ``last_field_id`` (the highest id the table ever
+        used), so a re-added name never matches the old column's data."""
+        built = TableSchema.build(columns, self.primary_key, self.partition_by)
+        next_id = max(last_field_id, *(c.field_id for c in self.columns))
+        renumbered: list[Column] = []
+        for column in built.columns:
+            kept = self.by_name.get(column.name)
+            if kept is None:
+                next_id += 1
+            renumbered.append(replace(column, field_id=kept.field_id if kept else next_id))
+        return TableSchema(tuple(renumbered), built.primary_key, built.partition_by)
+
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TableSchema:
         return cls(
-            tuple(Column(c["name"], c["type"], c["nullable"]) for c in data["columns"]),
+            tuple(Column(c["name"], c["type"], c["nullable"], c.get("field_id") or index)
+                  for index, c in enumerate(data["columns"], start=1)),
             tuple(data.get("primary_key", ())),
             tuple(data.get("partition_by", ())),
         )
@@ -146,8 +165,11 @@ class TableSchema:
         return bool(self.primary_key)
 
     def arrow_schema(self) -> pa.Schema:
-        """Schema of data files: the user's columns, then the hidden bookkeeping columns."""
-        fields = [pa.field(c.name, arrow_type(c.type), nullable=c.nullable) for c in self.columns]
+        """Schema of data files: the user's columns, then the hidden bookkeeping columns. Only key
+        columns are non-null in files: a delete marker carries just its key, whatever the table
+        requires of an inserted row (validation enforces that at ingest)."""
+        fields = [pa.field(c.name, arrow_type(c.type), nullable=c.name not in self.primary_key)
+                  for c in self.columns]
         fields += [
             pa.field(TOKEN_COLUMN, pa.int64(), nullable=False),
             pa.field(OP_COLUMN, pa.string(), nullable=False),

@@ -41,7 +41,8 @@ async def test_a_million_row_parquet_backfill_is_one_snapshot_and_a_retry_change
     assert result["status"] == "visible" and result["record_count"] == 1_000_000
     assert (result["min_visibility_token"], result["max_visibility_token"]) == (1, 1_000_000)
     snapshots = (await client.get("/v1/snapshots", headers=headers)).json()["snapshots"]
-    assert [(s["kind"], s["snapshot_id"]) for s in snapshots] == [("backfill", result["snapshot_id"])]
+    assert [(s["kind"], s["snapshot_id"]) for s in snapshots][:1] == [("backfill", result["snapshot_id"])]
+    assert [s["kind"] for s in snapshots[1:]] == ["schema"], "only the table's creation came before"
     assert snapshots[0]["max_visibility_token"] == 1_000_000
     counted = (await client.post("/v1/query", headers=headers, json={
         "sql": "SELECT count(*), count(DISTINCT id), sum(amount) FROM events",
@@ -52,7 +53,7 @@ async def test_a_million_row_parquet_backfill_is_one_snapshot_and_a_retry_change
                               content=body, timeout=120)
     assert again.status_code == 200
     assert again.json() == {**result, "status": "duplicate"}
-    assert len((await client.get("/v1/snapshots", headers=headers)).json()["snapshots"]) == 1
+    assert len((await client.get("/v1/snapshots", headers=headers)).json()["snapshots"]) == 2, "no new snapshot"
     other = await client.post("/v1/tables/events/backfill?backfill_id=hist-2024", headers={**headers, **PARQUET},
                               content=parquet_body(10), timeout=60)
     assert other.status_code == 409 and other.json()["error_code"] == "IDEMPOTENCY_KEY_REUSED"
@@ -85,7 +86,7 @@ async def test_ndjson_backfill_validates_every_row_and_shares_the_token_sequence
 async def test_an_abandoned_backfill_reservation_expires_and_stops_holding_the_watermark(
     client: httpx.AsyncClient, make_key: KeyMaker, pool: CatalogPool, bus: PostgresBus, store: RetryingObjectStore
 ) -> None:
-    from duckmesh.bus.operations import reserve_tokens
+    from duckmesh.catalog.tokens import reserve_tokens
 
     headers = await make_key()
     table = await create_table(client, headers)
@@ -98,6 +99,6 @@ async def test_an_abandoned_backfill_reservation_expires_and_stops_holding_the_w
     import asyncio
 
     await asyncio.sleep(0.1)
-    await coordinator._requeue_expired()
+    await coordinator.resolve_expired()
     lag = (await client.get("/v1/lag", headers=headers)).json()
     assert reservation.max_token == 10 and lag["latest_visibility_token"] == 12

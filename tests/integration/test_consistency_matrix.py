@@ -142,7 +142,7 @@ async def test_7_out_of_order_publication_keeps_strict_reads_waiting(
     waiting = asyncio.create_task(query(client, headers, "SELECT count(*) FROM events", min_visibility_token=150,
                                         consistency_timeout_ms=10_000))
     await asyncio.sleep(0.1)
-    await Coordinator(pool, bus, store, CoordinatorConfig(owner="slow"))._process(held)
+    await Coordinator(pool, bus, store, CoordinatorConfig(owner="slow")).process(held)
     body = await waiting
     assert body["rows"] == [[200]] and body["max_visibility_token"] == 200
 

@@ -240,7 +240,7 @@ async def test_a_compactor_killed_before_publishing_leaves_only_orphans_that_gc_
     chosen = plan(t1, live, EAGER)
     assert chosen is not None
 
-    outputs = await compactor.write_outputs(tenant_id, run_id, chosen)  # ... and the process dies here
+    outputs = await compactor.write_outputs(tenant_id, run_id, chosen, "doomed-run")  # ... and the process dies here
 
     assert outputs and all(store.head(o.path) is not None for o in outputs)
     assert await head_id(pool, tenant_id) == head_before
@@ -251,9 +251,13 @@ async def test_a_compactor_killed_before_publishing_leaves_only_orphans_that_gc_
     assert checked["orphans"] == orphans and checked["bad_files"] == []
 
     retention = app_context.maintenance.retention
-    young = await retention.run(tenant_id)  # default safety age: too young to delete
-    assert young["orphans_deleted"] == 0 and all(store.head(p) is not None for p in orphans)
     retention.policy = RetentionPolicy(gc_safety_age=timedelta(0))
+    alive = await retention.run(tenant_id)
+    assert alive["orphans_deleted"] == 0 and all(store.head(p) is not None for p in orphans), (
+        "the writer's intents are unexpired: it could still publish them, so even a zero safety age keeps them")
+    async with pool.connection() as conn:  # the dead process's lease runs out
+        await conn.execute("UPDATE write_intent SET expires_at = clock_timestamp() - interval '1 second'"
+                           " WHERE owner = 'doomed-run'")
     listing = [o.key for o in store.list(f"{tenant_id}/")]
     dry = await retention.run(tenant_id, dry_run=True)
     assert dry["orphans_deleted"] == len(orphans) and dry["files_deleted"] == 0
@@ -266,7 +270,7 @@ async def test_a_compactor_killed_before_publishing_leaves_only_orphans_that_gc_
     assert (await app_context.maintenance.integrity.run(tenant_id, deep=True))["orphans"] == []
 
 
-async def test_a_compaction_whose_inputs_left_the_live_set_aborts_and_deletes_its_outputs(
+async def test_a_compaction_that_lost_its_lease_to_another_run_aborts_and_deletes_its_outputs(
     client: httpx.AsyncClient, make_key: KeyMaker, pool: CatalogPool, bus: PostgresBus, store: RetryingObjectStore,
 ) -> None:
     headers = await make_key()
@@ -276,14 +280,18 @@ async def test_a_compaction_whose_inputs_left_the_live_set_aborts_and_deletes_it
     slow, fast = Compactor(pool, store, EAGER, "slow"), Compactor(pool, store, EAGER, "fast")
     async with pool.connection() as conn:
         t2 = await tables.get_table(conn, tenant_id, "t2")
+        assert await maintenance.acquire_job(conn, tenant_id, t2.table_id, "compaction", "slow-run", 60)
         stale = plan(t2, await snapshots.current_files(conn, tenant_id, t2.table_id), EAGER)
     assert stale is not None
-    stale_outputs = await slow.write_outputs(tenant_id, 999_001, stale)  # the slow merge finished...
-    assert (await fast.compact_table(tenant_id, t2))["status"] == "completed"  # ... but another one won
+    stale_outputs = await slow.write_outputs(tenant_id, 999_001, stale, "slow-run")  # the slow merge finished...
+    async with pool.connection() as conn:  # ... after its lease ran out,
+        await conn.execute("UPDATE job_lease SET lease_until = clock_timestamp() - interval '1 second'"
+                           " WHERE owner = 'slow-run'")
+    assert (await fast.compact_table(tenant_id, t2))["status"] == "completed"  # ... and another run won
     head_before = await head_id(pool, tenant_id)
     live_before = await live_paths(pool, tenant_id, ids["t2"])
 
-    assert await slow.publish(tenant_id, stale, stale_outputs) == "aborted"
+    assert await slow.publish(tenant_id, stale, stale_outputs, "slow-run") == "aborted"
 
     assert await head_id(pool, tenant_id) == head_before, "no snapshot was published"
     assert await live_paths(pool, tenant_id, ids["t2"]) == live_before

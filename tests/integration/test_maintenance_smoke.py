@@ -44,7 +44,7 @@ async def test_compaction_then_retention_then_integrity_over_the_api(
     gc = await client.post("/v1/retention/run", headers=headers, json={})
     assert gc.status_code == 200, gc.text
     summary = gc.json()["summary"]
-    assert summary["snapshots_expired"] == 10 and summary["files_deleted"] == 10 and summary["events_deleted"] == 50
+    assert summary["snapshots_expired"] == 11 and summary["files_deleted"] == 10 and summary["events_deleted"] == 50
     gone = await client.post("/v1/query", headers=headers, json={"sql": "SELECT 1", "snapshot_id": before["snapshot_id"]})
     assert gone.status_code == 404
     ok = await client.post("/v1/integrity/run", headers=headers, json={"deep": True})

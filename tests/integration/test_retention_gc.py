@@ -166,7 +166,8 @@ async def test_gc_keeps_every_file_of_the_newest_snapshots_and_deletes_exactly_t
                                             gc_safety_age=timedelta(0)))
 
     assert await t.retained() == [s5, c6]
-    assert result["snapshots_expired"] == 4 and result["files_deleted"] == len(every_file - reachable) == 2
+    # Expired: the table's creation snapshot and s1..s4.
+    assert result["snapshots_expired"] == 5 and result["files_deleted"] == len(every_file - reachable) == 2
     assert {p for p in every_file if store.head(p) is not None} == reachable
     await t.assert_retained_snapshots_intact()
     assert [await t.status_of(s) for s in (s1, s2, c3, s4)] == [404] * 4
@@ -188,7 +189,8 @@ async def test_gc_keeps_a_pinned_snapshot_until_it_is_unpinned(
 
     first = await t.retain(AGGRESSIVE)
 
-    assert first["snapshots_expired"] == 2 and s1 in await t.retained(), "an expired pin keeps nothing"
+    # Expired: the creation snapshot, s2 (its pin ran out) and s3.
+    assert first["snapshots_expired"] == 3 and s1 in await t.retained(), "an expired pin keeps nothing"
     assert all(store.head(p) is not None for p in pinned_files)
     assert await t.query(s1) == t.answers[s1]
     await t.assert_retained_snapshots_intact()
@@ -210,19 +212,19 @@ async def test_gc_keeps_a_snapshot_while_a_query_lease_holds_it(
     await t.compact()
     held = await t.files_of(s2)
     async with pool.connection() as conn:
-        lease = await snapshots.acquire_lease(conn, t.tenant_id, s2, "slow-query", 60)
+        lease, _ = await snapshots.acquire_lease(conn, t.tenant_id, s2, "slow-query", 60)
         await snapshots.acquire_lease(conn, t.tenant_id, s1, "finished-query", -1)  # already ran out
 
     first = await t.retain(AGGRESSIVE)
 
     assert s2 in await t.retained() and s1 not in await t.retained()
-    assert first["snapshots_expired"] == 2
+    assert first["snapshots_expired"] == 3, "the creation snapshot, s1 and s3"
     assert all(store.head(p) is not None for p in held)
     assert await t.query(s2) == t.answers[s2]
     await t.assert_retained_snapshots_intact()
 
     async with pool.connection() as conn:
-        await snapshots.release_lease(conn, lease)
+        await snapshots.release_leases(conn, [lease])
     second = await t.retain()
     assert second["snapshots_expired"] == 1 and second["files_deleted"] == len(held)
     assert all(store.head(p) is None for p in held)
@@ -248,7 +250,7 @@ async def test_a_slow_query_on_an_old_snapshot_returns_its_rows_while_gc_runs(
     rows = await slow
 
     assert rows == [[i, 3000] for i in range(10)], "the in-flight query read intact files"
-    assert old in await t.retained() and during["snapshots_expired"] == 1
+    assert old in await t.retained() and during["snapshots_expired"] == 2, "the creation snapshot and s2"
     assert all(store.head(p) is not None for p in old_files)
     after = await t.retain()  # the query ended and gave its lease back
     assert old not in await t.retained() and after["files_deleted"] == len(old_files)
@@ -266,7 +268,7 @@ async def test_a_file_that_left_the_live_set_recently_is_kept_even_when_its_snap
 
     young = await t.retain(careful)
 
-    assert young["snapshots_expired"] == 2 and young["files_deleted"] == 0
+    assert young["snapshots_expired"] == 3 and young["files_deleted"] == 0
     assert all(store.head(p) is not None for p in removed)
     await asyncio.sleep(1.2)  # let the removal grow older than a short safety age
     short = RetentionPolicy(keep_snapshots=1, snapshot_min_age=timedelta(0), gc_safety_age=timedelta(seconds=1))
@@ -297,7 +299,7 @@ async def test_dry_runs_change_nothing_and_every_run_is_idempotent(
 
     assert await t.state() == before, "a dry run changes nothing"
     assert dry["dry_run"] is True
-    assert dry["files_expired_by_table_retention"] == 1 and dry["snapshots_expired"] == 4
+    assert dry["files_expired_by_table_retention"] == 1 and dry["snapshots_expired"] == 5
     assert dry["orphans_deleted"] == 1 and dry["events_deleted"] == 10
     first = await t.retain()
     assert first["files_expired_by_table_retention"] == 1 and first["orphans_deleted"] == 1

@@ -40,7 +40,8 @@ async def test_snapshot_list_is_paged_newest_first_with_table_stats(
     assert newest["tables"]["events"]["files"] == 5 and newest["tables"]["events"]["rows"] == 50
     assert newest["tables"]["events"]["watermark"] == 50
     rest = (await client.get(f"/v1/snapshots?limit=10&before={page['next_before']}", headers=headers)).json()
-    assert len(rest["snapshots"]) == 3 and all(s["snapshot_id"] < page["next_before"] for s in rest["snapshots"])
+    assert len(rest["snapshots"]) == 4 and all(s["snapshot_id"] < page["next_before"] for s in rest["snapshots"])
+    assert rest["snapshots"][-1]["kind"] == "schema", "the oldest one pins the new table"
     assert rest["next_before"] is None
     one = (await client.get(f"/v1/snapshots/{ids[1]}", headers=headers)).json()
     assert len(one["files"]["events"]) == 4 and one["parent_snapshot_id"] is not None
@@ -89,6 +90,8 @@ async def test_snapshot_time_resolves_at_exact_boundaries(
     await _published(client, headers, coordinator, 1, 1)
     listing = (await client.get("/v1/snapshots", headers=headers)).json()["snapshots"]
     second, first = listing[0], listing[1]
+    created = listing[2]
+    assert created["kind"] == "schema"
     first_at = datetime.fromisoformat(first["created_at"])
     second_at = datetime.fromisoformat(second["created_at"])
 
@@ -98,7 +101,8 @@ async def test_snapshot_time_resolves_at_exact_boundaries(
     assert (await at(first_at)).json()["snapshot_id"] == first["snapshot_id"], "exactly at creation: that snapshot"
     assert (await at(second_at - timedelta(microseconds=1))).json()["snapshot_id"] == first["snapshot_id"]
     assert (await at(second_at)).json()["snapshot_id"] == second["snapshot_id"]
-    early = await at(first_at - timedelta(microseconds=1))
+    assert (await at(first_at - timedelta(microseconds=1))).json()["snapshot_id"] == created["snapshot_id"]
+    early = await at(datetime.fromisoformat(created["created_at"]) - timedelta(microseconds=1))
     assert early.status_code == 404 and early.json()["error_code"] == "SNAPSHOT_NOT_FOUND"
 
 

@@ -35,7 +35,7 @@ async def test_two_coordinators_publishing_out_of_order_never_cover_an_unpublish
     visible = await snapshot_rows(pool, store, tenant_id, table_id)
     assert [r["_dm_token"] for r in visible] == list(range(101, 201)), "fresher than promised is fine"
 
-    await slow._process(held)
+    await slow.process(held)
     _, watermark = await head_watermark(pool, tenant_id)
     assert watermark == 200
     rows = await snapshot_rows(pool, store, tenant_id, table_id)

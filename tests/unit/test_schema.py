@@ -88,11 +88,21 @@ def test_a_valid_definition_normalizes_types_and_makes_key_columns_required() ->
     )
 
     assert schema.columns == (
-        Column("id", "int64", False), Column("price", "decimal(12,2)", False),
-        Column("note", "string", True), Column("a" * 63, "boolean", True),
+        Column("id", "int64", False, 1), Column("price", "decimal(12,2)", False, 2),
+        Column("note", "string", True, 3), Column("a" * 63, "boolean", True, 4),
     )
     assert schema.primary_key == ("id",) and schema.keyed
     assert TableSchema.from_json(schema.to_json()) == schema
+
+
+def test_a_column_keeps_its_field_id_and_a_re_added_name_gets_a_new_one() -> None:
+    v1 = TableSchema.build([{"name": "id", "type": "int64"}, {"name": "email", "type": "string"}], ["id"])
+    v2 = v1.evolve([{"name": "id", "type": "int64"}], last_field_id=2)  # email dropped
+    v3 = v2.evolve([{"name": "id", "type": "int64"}, {"name": "email", "type": "string"},
+                    {"name": "age", "type": "int32"}], last_field_id=2)
+
+    assert [(c.name, c.field_id) for c in v3.columns] == [("id", 1), ("email", 3), ("age", 4)]
+    assert v3.by_name["email"].field_id != v1.by_name["email"].field_id
 
 
 # ---------------------------------------------------------------------------

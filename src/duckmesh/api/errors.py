@@ -42,7 +42,8 @@ def _validation_context(exc: RequestValidationError) -> tuple[str, dict[str, Any
     other: list[str] = []
     for err in exc.errors():
         if err.get("type") == "json_invalid":
-            return "INVALID_JSON", {"reason": err.get("msg", "invalid JSON")}
+            detail = (err.get("ctx") or {}).get("error") or err.get("msg", "invalid JSON")
+            return "INVALID_JSON", {"reason": str(detail), "position": (err.get("loc") or [None, None])[-1]}
         loc = [p for p in err.get("loc", ()) if p != "body"]
         text = f"{'.'.join(str(p) for p in loc[2:] or loc)}: {err.get('msg')}"
         if len(loc) >= 2 and loc[0] == "records" and isinstance(loc[1], int):

@@ -1,15 +1,18 @@
 """The ``IngestBus`` port. Every backend must pass ``tests/contract/test_bus_contract.py`` unchanged.
 
-Semantics every backend keeps (CONSISTENCY.md):
+The bus is event transport: token allocation, the watermark rule and snapshot publication are the
+catalog's (``catalog/tokens.py``, ``catalog/commit.py``). Semantics every backend keeps
+(CONSISTENCY.md):
 - ``publish`` stores a request's events durably in one atomic step that also assigns their
-  visibility tokens: per tenant, gap-free and in commit order. Duplicates (same idempotency key,
-  same op and payload hash) get the original event's token and are not stored again.
-- ``claim`` hands out accepted events under a time-limited lease; an event is held by at most
-  one live claim. Expired leases return the events to the pool (``requeue_expired``).
-- ``ack`` runs inside the catalog transaction that publishes the snapshot containing the events,
-  so event state and snapshot change together or not at all.
-- ``resolved_watermarks`` answers, inside that same transaction, the largest token T such that
-  every event with token <= T is committed or failed.
+  visibility tokens (through the catalog's counter lock): per tenant, gap-free and in commit
+  order. Duplicates (same idempotency key, same op and payload hash) get the original event's
+  token and are not stored again. A dropped table accepts nothing.
+- ``claim`` hands out accepted events under a time-limited lease; an event is held by at most one
+  live claim. Expired leases return the events to the pool (``requeue_expired``).
+- Event state changes that resolve events (committed, failed) happen only as steps of a snapshot
+  commit (``commit_step``, ``fail_step``, ``fail_exhausted_step``, ``fail_table_step``), so event
+  state, snapshot and watermark change together or not at all. Each step re-checks, with the
+  database clock, that the claim still holds its events under an unexpired lease.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from duckmesh.catalog.commit import Step
 from duckmesh.domain import EventId, Op, TableId, TenantId, VisibilityToken
 
 
@@ -57,6 +61,7 @@ class ClaimedEvent:
     tenant_id: TenantId
     table_id: TableId
     token: VisibilityToken
+    version: VisibilityToken  # orders versions of a key: the token, or a replayed event's original one
     op: Op
     payload_json: str
     schema_version: int
@@ -72,17 +77,19 @@ class Claim:
     owner: str
     lease_until: datetime
     events: list[ClaimedEvent] = field(default_factory=list)
+    held: set[EventId] = field(default_factory=set)  # events the claim still holds (not yet resolved or returned)
+
+    def __post_init__(self) -> None:
+        if not self.held:
+            self.held = {e.event_id for e in self.events}
 
     @property
     def byte_count(self) -> int:
         return sum(len(e.payload_json) for e in self.events)
 
-
-@dataclass(frozen=True)
-class Watermarks:
-    tenant: VisibilityToken
-    tables: dict[TableId, VisibilityToken]
-    issued: VisibilityToken
+    def let_go(self, event_ids: Sequence[EventId]) -> None:
+        """The claim no longer holds these (committed, failed, nacked or released)."""
+        self.held.difference_update(event_ids)
 
 
 @dataclass(frozen=True)
@@ -105,7 +112,7 @@ class IngestBus(Protocol):
     ) -> PublishOutcome:
         """Store events atomically with their tokens. Raises IdempotencyKeyReused (context
         ``conflicts``: record indexes) when a key was used with another op or payload; nothing
-        is stored then. Raises TenantNotFound for an unknown tenant."""
+        is stored then. Raises TenantNotFound / TableNotFound (the table was dropped)."""
         ...
 
     async def claim(self, owner: str, max_events: int, max_bytes: int, lease_seconds: float) -> Claim | None:
@@ -114,44 +121,50 @@ class IngestBus(Protocol):
         ...
 
     async def extend(self, claim: Claim, lease_seconds: float) -> None:
-        """Push the claim's lease forward. Raises LeaseLost when any of its events is no
-        longer held by this claim."""
+        """Push the lease of the events the claim still holds (``claim.held``) forward. Raises
+        LeaseLost when any of them is no longer held under an unexpired lease."""
         ...
 
-    async def ack(self, tx: Any, claim: Claim, event_ids: Sequence[EventId], snapshot_id: int) -> None:
-        """Mark events committed inside the caller's catalog transaction ``tx``. ``event_ids``
-        are all events of one tenant that the claim still holds (the others were nacked or
-        released first). Raises LeaseLost (and the caller rolls back) when the claim no longer
-        holds exactly those."""
+    def commit_step(self, claim: Claim, tenant_id: TenantId, event_ids: Sequence[EventId]) -> Step:
+        """A commit precondition that also marks the events committed: ``event_ids`` must be exactly
+        the events of ``tenant_id`` the claim still holds, under a lease unexpired by the database
+        clock; otherwise LeaseLost and the commit rolls back."""
         ...
 
-    async def nack(
-        self, claim: Claim, event_ids: Sequence[EventId], reason: str, max_attempts: int
-    ) -> list[FailedEvent]:
-        """Give events back for another attempt; those that used ``max_attempts`` become
-        failed (dead-lettered) with ``reason`` and are returned. Events no longer held by the
-        claim are left alone."""
+    def fail_step(self, claim: Claim, event_ids: Sequence[EventId], reason: str) -> Step:
+        """A commit effect: the claim's events become failed (dead-lettered) with ``reason``;
+        LeaseLost unless the claim still holds them all."""
+        ...
+
+    async def nack(self, claim: Claim, event_ids: Sequence[EventId], reason: str) -> None:
+        """Give events back for another attempt (the attempt counts). Events no longer held by
+        the claim are left alone."""
         ...
 
     async def release(self, claim: Claim, event_ids: Sequence[EventId]) -> None:
         """Give events back without using up an attempt (the failure was not theirs, e.g. the
-        object store was down)."""
+        object store was down, or the commit lost a race)."""
         ...
 
-    async def requeue_expired(self, max_attempts: int) -> list[FailedEvent]:
-        """Return events of expired leases to the pool; those out of attempts become failed."""
+    async def requeue_expired(self, max_attempts: int) -> list[TenantId]:
+        """Return events of expired leases with attempts left to the pool; return the tenants
+        that have expired events out of attempts (to be failed by ``fail_exhausted_step``)."""
         ...
 
-    async def fail_table(self, tx: Any, tenant_id: TenantId, table_id: TableId, reason: str) -> int:
-        """Inside ``tx``: fail every unresolved event of a table (it is being dropped)."""
+    def fail_exhausted_step(self, tenant_id: TenantId, max_attempts: int) -> Step:
+        """A commit effect: the tenant's expired events out of attempts become failed."""
+        ...
+
+    def fail_table_step(self, tenant_id: TenantId, table_id: TableId, reason: str) -> Step:
+        """A commit effect of a DROP: every unresolved event of the table becomes failed."""
+        ...
+
+    async def failed_tokens(self, tenant_id: TenantId, tokens: Sequence[int]) -> list[int]:
+        """Which of ``tokens`` belong to failed (dead-lettered) events of the tenant."""
         ...
 
     async def wait_for_work(self, timeout: float) -> None:
         """Return when new events may be available, or after ``timeout`` seconds."""
-        ...
-
-    async def resolved_watermarks(self, tx: Any, tenant_id: TenantId) -> Watermarks:
-        """Inside ``tx``: the tenant's and each table's watermark from the bus's point of view."""
         ...
 
     async def lag(self, tenant_id: TenantId) -> dict[str, Any]:

@@ -1,27 +1,24 @@
 """The PostgreSQL ingest bus: events live in ``ingest_event`` in the catalog database.
 
 Claims use ``FOR UPDATE SKIP LOCKED`` so coordinators never block each other; new work is
-announced with NOTIFY in the accepting transaction (delivered on commit).
+announced with NOTIFY in the accepting transaction (delivered on commit). Tokens come from the
+catalog's counter (``catalog/tokens.py``); events are resolved only inside snapshot commits.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from duckmesh.bus.base import (
-    Claim,
-    ClaimedEvent,
-    FailedEvent,
-    NewEvent,
-    PublishOutcome,
-    Watermarks,
-)
+from duckmesh.bus.base import Claim, ClaimedEvent, NewEvent, PublishOutcome
+from duckmesh.catalog import tokens
+from duckmesh.catalog.commit import CommitContext, Step
 from duckmesh.catalog.db import AsyncConn, CatalogPool
 from duckmesh.catalog.notify import INGEST_CHANNEL, Listener
 from duckmesh.domain import EventId, Op, TableId, TenantId, VisibilityToken
-from duckmesh.errors import IdempotencyKeyReused, LeaseLost, TenantNotFound
+from duckmesh.errors import IdempotencyKeyReused, LeaseLost
 
 _COPY_EVENTS = (
     "COPY ingest_event (tenant_id, table_id, idempotency_key, op, payload, payload_hash, payload_bytes,"
@@ -39,31 +36,16 @@ WITH picked AS (
 )
 UPDATE ingest_event e
 SET state = 'claimed', lease_owner = %(owner)s, claim_id = %(claim_id)s, attempts = e.attempts + 1,
-    lease_until = now() + make_interval(secs => %(lease)s)
+    lease_until = clock_timestamp() + make_interval(secs => %(lease)s)
 FROM chosen c WHERE e.event_id = c.event_id
-RETURNING e.event_id, e.tenant_id, e.table_id, e.visibility_token, e.op, e.payload::text AS payload,
+RETURNING e.event_id, e.tenant_id, e.table_id, e.visibility_token, e.version_token, e.op, e.payload::text AS payload,
           e.schema_version, e.event_time, e.attempts, e.trace_id, e.lease_until, e.ingested_at
 """
 
-# Per table: the lowest unresolved token (pending events or a pending backfill reservation); the
-# watermark is one below it, or the last issued token when nothing is unresolved. One statement,
-# so one consistent view of the counter and the events; any in-flight accepting transaction
-# still holds tokens above the counter we see.
-_WATERMARKS = """
-SELECT c.next_visibility_token - 1 AS issued, t.table_id,
-       least(u.min_unresolved, r.min_reserved) AS min_unresolved
-FROM tenant_counter c
-LEFT JOIN table_def t ON t.tenant_id = c.tenant_id AND t.dropped_at IS NULL
-LEFT JOIN LATERAL (
-    SELECT min(e.visibility_token) AS min_unresolved FROM ingest_event e
-    WHERE e.tenant_id = c.tenant_id AND e.table_id = t.table_id AND e.state IN ('accepted', 'claimed')
-) u ON true
-LEFT JOIN LATERAL (
-    SELECT min(v.min_token) AS min_reserved FROM token_reservation v
-    WHERE v.tenant_id = c.tenant_id AND v.table_id = t.table_id AND v.state = 'pending'
-) r ON true
-WHERE c.tenant_id = %(tenant_id)s
-"""
+# Held by the claim: claimed by it, by its owner, under a lease the database clock says is live.
+_HELD = (
+    "claim_id = %(claim)s AND state = 'claimed' AND lease_owner = %(owner)s AND lease_until > clock_timestamp()"
+)
 
 
 class PostgresBus:
@@ -83,9 +65,10 @@ class PostgresBus:
         keys = [e.idempotency_key for e in events]
         async with self._pool.transaction() as tx:
             # The counter row lock serializes accepting transactions of this tenant: tokens are
-            # assigned and become visible in commit order, and concurrent retries of one key
-            # see each other's committed rows.
-            next_token = await lock_counter(tx, tenant_id)
+            # assigned and become visible in commit order, and concurrent retries of one key see
+            # each other's committed rows. The table row is key-share locked: no write is accepted
+            # into a table being dropped.
+            next_token = await tokens.begin_accept(tx, tenant_id, table_id)
             # One index probe per key, whatever plan PostgreSQL caches for the prepared statement
             # (a generic plan for "= ANY(array)" scans every key of the table, under the lock).
             cur = await tx.execute(
@@ -99,7 +82,7 @@ class PostgresBus:
                 r["idempotency_key"]: (r["op"], bytes(r["payload_hash"]), r["visibility_token"])
                 for r in await cur.fetchall()
             }
-            tokens, duplicate, fresh, conflicts = _assign(events, known, next_token)
+            assigned, duplicate, fresh, conflicts = _assign(events, known, next_token)
             if conflicts:
                 raise IdempotencyKeyReused(
                     "idempotency key reused with a different op or payload", conflicts=conflicts
@@ -111,20 +94,17 @@ class PostgresBus:
                         await copy.write_row((
                             tenant_id, table_id, event.idempotency_key, event.op.value, event.payload_json,
                             event.payload_hash, len(event.payload_json), schema_version, event.event_time,
-                            tokens[index], trace_id,
+                            assigned[index], trace_id,
                         ))
-                await tx.execute(
-                    "WITH bump AS (UPDATE tenant_counter SET next_visibility_token = %s WHERE tenant_id = %s)"
-                    " SELECT pg_notify(%s, '')",
-                    (next_token + len(fresh), tenant_id, INGEST_CHANNEL),
-                )
-        return PublishOutcome([VisibilityToken(t) for t in tokens], duplicate)
+                await tokens.advance_counter(tx, tenant_id, next_token + len(fresh))
+                await tx.execute("SELECT pg_notify(%s, '')", (INGEST_CHANNEL,))
+        return PublishOutcome([VisibilityToken(t) for t in assigned], duplicate)
 
     async def claim(self, owner: str, max_events: int, max_bytes: int, lease_seconds: float) -> Claim | None:
         async with self._pool.transaction() as tx:
             cur = await tx.execute(
                 "INSERT INTO ingest_claim_batch (owner, lease_until, event_count, byte_count)"
-                " VALUES (%s, now() + make_interval(secs => %s), 0, 0) RETURNING claim_id",
+                " VALUES (%s, clock_timestamp() + make_interval(secs => %s), 0, 0) RETURNING claim_id",
                 (owner, lease_seconds),
             )
             batch = await cur.fetchone()
@@ -146,105 +126,86 @@ class PostgresBus:
         return claim
 
     async def extend(self, claim: Claim, lease_seconds: float) -> None:
+        if not claim.held:
+            return
         async with self._pool.transaction() as tx:
             cur = await tx.execute(
-                "UPDATE ingest_event SET lease_until = now() + make_interval(secs => %s)"
-                " WHERE claim_id = %s AND state = 'claimed' AND lease_owner = %s RETURNING lease_until",
-                (lease_seconds, claim.claim_id, claim.owner),
+                "UPDATE ingest_event SET lease_until = clock_timestamp() + make_interval(secs => %(lease)s)"
+                f" WHERE {_HELD} RETURNING lease_until",
+                {"lease": lease_seconds, "claim": claim.claim_id, "owner": claim.owner},
             )
             rows = await cur.fetchall()
-            if len(rows) != len(claim.events):
-                raise LeaseLost("claim lost some of its events", claim_id=claim.claim_id)
+            # Only what the claim still holds counts: events already committed, failed or given
+            # back are no longer claimed, and that is no loss of the lease.
+            if len(rows) != len(claim.held):
+                raise LeaseLost("the claim lost some of its events", claim_id=claim.claim_id,
+                                held=len(claim.held), still_leased=len(rows))
             await tx.execute(
                 "UPDATE ingest_claim_batch SET lease_until = %s WHERE claim_id = %s",
                 (rows[0]["lease_until"], claim.claim_id),
             )
             claim.lease_until = rows[0]["lease_until"]
 
-    async def ack(self, tx: AsyncConn, claim: Claim, event_ids: Sequence[EventId], snapshot_id: int) -> None:
-        # The lease is re-checked here, inside the publishing transaction: if another coordinator
-        # took the events over after our lease expired, this publish must not happen.
-        # Events of this claim that are still claimed by us are exactly the ones being acked
-        # (poison events were nacked, released ones handed back), so the claim id selects them
-        # without shipping the id list; the count check still catches a lost lease.
-        tenant_id = next(e.tenant_id for e in claim.events if e.event_id == event_ids[0])
-        cur = await tx.execute(
-            "UPDATE ingest_event SET state = 'committed', lease_owner = NULL, lease_until = NULL,"
-            " resolved_at = now(), snapshot_id = %s, payload = NULL"
-            " WHERE claim_id = %s AND tenant_id = %s AND state = 'claimed' AND lease_owner = %s",
-            (snapshot_id, claim.claim_id, tenant_id, claim.owner),
-        )
-        if cur.rowcount != len(event_ids):
-            raise LeaseLost("lease expired before publication", claim_id=claim.claim_id)
-        await tx.execute("UPDATE ingest_claim_batch SET state = 'acked' WHERE claim_id = %s", (claim.claim_id,))
+    def commit_step(self, claim: Claim, tenant_id: TenantId, event_ids: Sequence[EventId]) -> Step:
+        return _CommitClaimed(claim.claim_id, claim.owner, tenant_id, len(set(event_ids)))
 
-    async def nack(
-        self, claim: Claim, event_ids: Sequence[EventId], reason: str, max_attempts: int
-    ) -> list[FailedEvent]:
+    def fail_step(self, claim: Claim, event_ids: Sequence[EventId], reason: str) -> Step:
+        return _FailClaimed(claim.claim_id, claim.owner, tuple(sorted(set(event_ids))), reason[:1000])
+
+    async def nack(self, claim: Claim, event_ids: Sequence[EventId], reason: str) -> None:
         async with self._pool.transaction() as tx:
-            cur = await tx.execute(
-                "UPDATE ingest_event SET"
-                " state = CASE WHEN attempts >= %(max)s THEN 'failed' ELSE 'accepted' END,"
-                " failure_reason = CASE WHEN attempts >= %(max)s THEN %(reason)s END,"
-                " resolved_at = CASE WHEN attempts >= %(max)s THEN now() END,"
-                " lease_owner = NULL, lease_until = NULL"
-                " WHERE event_id = ANY(%(ids)s) AND claim_id = %(claim)s AND state = 'claimed'"
-                "   AND lease_owner = %(owner)s"
-                " RETURNING event_id, tenant_id, table_id, visibility_token, state, failure_reason",
-                {"max": max_attempts, "reason": reason, "ids": list(event_ids),
-                 "claim": claim.claim_id, "owner": claim.owner},
+            await tx.execute(
+                "UPDATE ingest_event SET state = 'accepted', lease_owner = NULL, lease_until = NULL,"
+                " failure_reason = %(reason)s"
+                f" WHERE event_id = ANY(%(ids)s) AND {_HELD}",
+                {"reason": reason[:1000], "ids": list(event_ids), "claim": claim.claim_id, "owner": claim.owner},
             )
-            rows = await cur.fetchall()
             await tx.execute(f"NOTIFY {INGEST_CHANNEL}")
-        return [_failed(r) for r in rows if r["state"] == "failed"]
+        claim.let_go(event_ids)
 
     async def release(self, claim: Claim, event_ids: Sequence[EventId]) -> None:
         async with self._pool.transaction() as tx:
             await tx.execute(
                 "UPDATE ingest_event SET state = 'accepted', lease_owner = NULL, lease_until = NULL,"
                 " attempts = greatest(attempts - 1, 0)"
-                " WHERE event_id = ANY(%s) AND claim_id = %s AND state = 'claimed' AND lease_owner = %s",
-                (list(event_ids), claim.claim_id, claim.owner),
+                f" WHERE event_id = ANY(%(ids)s) AND {_HELD}",
+                {"ids": list(event_ids), "claim": claim.claim_id, "owner": claim.owner},
             )
-            await tx.execute("UPDATE ingest_claim_batch SET state = 'released' WHERE claim_id = %s", (claim.claim_id,))
+            await tx.execute(f"NOTIFY {INGEST_CHANNEL}")
+        claim.let_go(event_ids)
 
-    async def requeue_expired(self, max_attempts: int) -> list[FailedEvent]:
+    async def requeue_expired(self, max_attempts: int) -> list[TenantId]:
         async with self._pool.transaction() as tx:
             cur = await tx.execute(
-                "UPDATE ingest_event SET"
-                " state = CASE WHEN attempts >= %(max)s THEN 'failed' ELSE 'accepted' END,"
-                " failure_reason = CASE WHEN attempts >= %(max)s"
-                "   THEN 'lease expired ' || attempts || ' times (coordinator crashed or stalled)' END,"
-                " resolved_at = CASE WHEN attempts >= %(max)s THEN now() END,"
-                " lease_owner = NULL, lease_until = NULL"
-                " WHERE state = 'claimed' AND lease_until < now()"
-                " RETURNING event_id, tenant_id, table_id, visibility_token, state, failure_reason",
-                {"max": max_attempts},
+                "UPDATE ingest_event SET state = 'accepted', lease_owner = NULL, lease_until = NULL"
+                " WHERE state = 'claimed' AND lease_until < clock_timestamp() AND attempts < %s",
+                (max_attempts,),
             )
-            rows = await cur.fetchall()
-            if rows:
+            if cur.rowcount:
                 await tx.execute(f"NOTIFY {INGEST_CHANNEL}")
             cur = await tx.execute(
-                "UPDATE token_reservation SET state = 'failed', resolved_at = now()"
-                " WHERE state = 'pending' AND expires_at < now()"
-                " RETURNING tenant_id, table_id, min_token, backfill_id"
+                "SELECT DISTINCT tenant_id FROM ingest_event"
+                " WHERE state = 'claimed' AND lease_until < clock_timestamp() AND attempts >= %s",
+                (max_attempts,),
             )
-            abandoned = await cur.fetchall()
-        failed = [_failed(r) for r in rows if r["state"] == "failed"]
-        return failed + [
-            FailedEvent(EventId(0), TenantId(r["tenant_id"]), TableId(r["table_id"]), VisibilityToken(r["min_token"]),
-                        f"backfill {r['backfill_id']} abandoned (reservation expired)")
-            for r in abandoned
-        ]
+            return [TenantId(r["tenant_id"]) for r in await cur.fetchall()]
 
-    async def fail_table(self, tx: AsyncConn, tenant_id: TenantId, table_id: TableId, reason: str) -> int:
-        cur = await tx.execute(
-            "UPDATE ingest_event SET state = 'failed', failure_reason = %s, resolved_at = now(),"
-            " lease_owner = NULL, lease_until = NULL"
-            " WHERE tenant_id = %s AND table_id = %s AND state IN ('accepted', 'claimed')",
-            (reason, tenant_id, table_id),
-        )
-        return cur.rowcount
+    def fail_exhausted_step(self, tenant_id: TenantId, max_attempts: int) -> Step:
+        return _FailExhausted(tenant_id, max_attempts)
+
+    def fail_table_step(self, tenant_id: TenantId, table_id: TableId, reason: str) -> Step:
+        return _FailTable(tenant_id, table_id, reason)
+
+    async def failed_tokens(self, tenant_id: TenantId, tokens_: Sequence[int]) -> list[int]:
+        if not tokens_:
+            return []
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT visibility_token FROM ingest_event WHERE tenant_id = %s AND visibility_token = ANY(%s)"
+                " AND state = 'failed' ORDER BY visibility_token",
+                (tenant_id, list(tokens_)),
+            )
+            return [r["visibility_token"] for r in await cur.fetchall()]
 
     async def wait_for_work(self, timeout: float) -> None:
         # Remembering the last generation seen means a NOTIFY that arrived while the caller was
@@ -253,22 +214,6 @@ class PostgresBus:
             await asyncio.sleep(timeout)
             return
         self._seen_generation = await self._listener.wait(self._seen_generation, timeout)
-
-    async def resolved_watermarks(self, tx: AsyncConn, tenant_id: TenantId) -> Watermarks:
-        cur = await tx.execute(_WATERMARKS, {"tenant_id": tenant_id})
-        rows = await cur.fetchall()
-        if not rows:
-            raise TenantNotFound("tenant does not exist", tenant_id=tenant_id)
-        issued = VisibilityToken(rows[0]["issued"])
-        tables: dict[TableId, VisibilityToken] = {}
-        tenant_mark = issued
-        for r in rows:
-            if r["table_id"] is None:
-                continue
-            mark = issued if r["min_unresolved"] is None else VisibilityToken(r["min_unresolved"] - 1)
-            tables[TableId(r["table_id"])] = mark
-            tenant_mark = min(tenant_mark, mark)
-        return Watermarks(tenant_mark, tables, issued)
 
     async def lag(self, tenant_id: TenantId) -> dict[str, Any]:
         # Both counts read partial indexes only (unresolved events; dead letters), never the
@@ -287,17 +232,82 @@ class PostgresBus:
         assert row is not None
         return dict(row)
 
-async def lock_counter(tx: AsyncConn, tenant_id: TenantId) -> int:
-    """Lock the tenant's token counter until ``tx`` ends and return the next token. Every
-    token allocation (ingest, replay, backfill reservation) goes through this lock, which makes
-    tokens gap-free and commit-ordered per tenant."""
-    cur = await tx.execute(
-        "SELECT next_visibility_token FROM tenant_counter WHERE tenant_id = %s FOR UPDATE", (tenant_id,)
-    )
-    row = await cur.fetchone()
-    if row is None:
-        raise TenantNotFound("tenant does not exist", tenant_id=tenant_id)
-    return int(row["next_visibility_token"])
+
+# --- commit steps ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _CommitClaimed:
+    """Precondition and effect: the claim still holds exactly ``count`` events of the tenant under
+    a lease unexpired by the database clock; they become committed in the new snapshot. The
+    UPDATE locks the rows, so a lease recovery racing this commit waits and then skips them."""
+
+    claim_id: int
+    owner: str
+    tenant_id: TenantId
+    count: int
+
+    async def apply(self, tx: AsyncConn, ctx: CommitContext) -> None:
+        cur = await tx.execute(
+            "UPDATE ingest_event SET state = 'committed', lease_owner = NULL, lease_until = NULL,"
+            " resolved_at = now(), snapshot_id = %(s)s, payload = NULL"
+            f" WHERE tenant_id = %(t)s AND {_HELD}",
+            {"s": ctx.snapshot_id, "t": self.tenant_id, "claim": self.claim_id, "owner": self.owner},
+        )
+        if cur.rowcount != self.count:
+            raise LeaseLost("the claim's lease expired or its events were taken before publication",
+                            claim_id=self.claim_id, expected=self.count, held=cur.rowcount)
+        ctx.resolved += cur.rowcount
+
+
+@dataclass(frozen=True)
+class _FailClaimed:
+    claim_id: int
+    owner: str
+    event_ids: tuple[EventId, ...]
+    reason: str
+
+    async def apply(self, tx: AsyncConn, ctx: CommitContext) -> None:
+        cur = await tx.execute(
+            "UPDATE ingest_event SET state = 'failed', failure_reason = %(reason)s, resolved_at = now(),"
+            " lease_owner = NULL, lease_until = NULL"
+            f" WHERE event_id = ANY(%(ids)s) AND {_HELD}",
+            {"reason": self.reason, "ids": list(self.event_ids), "claim": self.claim_id, "owner": self.owner},
+        )
+        if cur.rowcount != len(self.event_ids):
+            raise LeaseLost("the claim lost events it was failing", claim_id=self.claim_id)
+        ctx.resolved += cur.rowcount
+
+
+@dataclass(frozen=True)
+class _FailExhausted:
+    tenant_id: TenantId
+    max_attempts: int
+
+    async def apply(self, tx: AsyncConn, ctx: CommitContext) -> None:
+        cur = await tx.execute(
+            "UPDATE ingest_event SET state = 'failed', resolved_at = now(), lease_owner = NULL, lease_until = NULL,"
+            " failure_reason = 'lease expired ' || attempts || ' times (coordinator crashed or stalled)'"
+            "   || coalesce('; last error: ' || failure_reason, '')"
+            " WHERE tenant_id = %s AND state = 'claimed' AND lease_until < clock_timestamp() AND attempts >= %s",
+            (self.tenant_id, self.max_attempts),
+        )
+        ctx.resolved += cur.rowcount
+
+
+@dataclass(frozen=True)
+class _FailTable:
+    tenant_id: TenantId
+    table_id: TableId
+    reason: str
+
+    async def apply(self, tx: AsyncConn, ctx: CommitContext) -> None:
+        cur = await tx.execute(
+            "UPDATE ingest_event SET state = 'failed', failure_reason = %s, resolved_at = now(),"
+            " lease_owner = NULL, lease_until = NULL"
+            " WHERE tenant_id = %s AND table_id = %s AND state IN ('accepted', 'claimed')",
+            (self.reason, self.tenant_id, self.table_id),
+        )
+        ctx.resolved += cur.rowcount
 
 
 def _assign(
@@ -308,7 +318,7 @@ def _assign(
     A key seen before (stored, or earlier in this request) is a duplicate when op and payload
     hash match and a conflict otherwise; new keys get consecutive tokens in request order.
     """
-    tokens: list[int] = []
+    assigned: list[int] = []
     duplicate: list[bool] = []
     fresh: list[int] = []
     conflicts: list[int] = []
@@ -319,28 +329,23 @@ def _assign(
             token = next_token + len(fresh)
             seen[event.idempotency_key] = (event.op.value, event.payload_hash, token)
             fresh.append(index)
-            tokens.append(token)
+            assigned.append(token)
             duplicate.append(False)
         elif prior[0] == event.op.value and prior[1] == event.payload_hash:
-            tokens.append(prior[2])
+            assigned.append(prior[2])
             duplicate.append(True)
         else:
             conflicts.append(index)
-            tokens.append(prior[2])
+            assigned.append(prior[2])
             duplicate.append(True)
-    return tokens, duplicate, fresh, conflicts
+    return assigned, duplicate, fresh, conflicts
 
 
 def _claimed(row: dict[str, Any]) -> ClaimedEvent:
+    token = VisibilityToken(row["visibility_token"])
     return ClaimedEvent(
-        EventId(row["event_id"]), TenantId(row["tenant_id"]), TableId(row["table_id"]),
-        VisibilityToken(row["visibility_token"]), Op(row["op"]), row["payload"], row["schema_version"],
-        row["event_time"], row["attempts"], row["trace_id"], row["ingested_at"],
-    )
-
-
-def _failed(row: dict[str, Any]) -> FailedEvent:
-    return FailedEvent(
-        EventId(row["event_id"]), TenantId(row["tenant_id"]), TableId(row["table_id"]),
-        VisibilityToken(row["visibility_token"]), row["failure_reason"] or "",
+        EventId(row["event_id"]), TenantId(row["tenant_id"]), TableId(row["table_id"]), token,
+        VisibilityToken(row["version_token"]) if row["version_token"] is not None else token,
+        Op(row["op"]), row["payload"], row["schema_version"], row["event_time"], row["attempts"], row["trace_id"],
+        row["ingested_at"],
     )

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from psycopg.types.json import Jsonb
 
 from duckmesh.catalog.db import AsyncConn
 from duckmesh.catalog.tenants import Principal
+
+if TYPE_CHECKING:
+    from duckmesh.catalog.commit import CommitContext
 
 
 async def record(
@@ -31,6 +35,25 @@ async def record(
             action, object_type, object_id, Jsonb(details or {}), trace_id,
         ),
     )
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """Commit effect: the action's audit row, written in the action's own transaction (it exists
+    exactly when the action happened). ``details`` get the new snapshot id."""
+
+    principal: Principal | None
+    action: str
+    object_type: str
+    object_id: str | None
+    details: dict[str, Any] = field(default_factory=dict)
+    trace_id: str | None = None
+    actor: str | None = None
+
+    async def apply(self, tx: AsyncConn, ctx: CommitContext) -> None:
+        await record(tx, self.principal, self.action, self.object_type, self.object_id,
+                     {**self.details, "snapshot_id": ctx.snapshot_id}, self.trace_id,
+                     tenant_id=ctx.tenant_id, actor=self.actor)
 
 
 async def recent(conn: AsyncConn, tenant_id: int, limit: int, before: int | None = None) -> list[dict[str, Any]]:

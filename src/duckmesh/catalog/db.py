@@ -17,6 +17,7 @@ from duckmesh.errors import CatalogUnavailable
 log = logging.getLogger(__name__)
 
 EMBEDDED_DATABASE = "duckmesh"
+IDLE_IN_TRANSACTION_MS = 15_000
 AsyncConn = psycopg.AsyncConnection[dict[str, Any]]
 
 
@@ -59,7 +60,10 @@ class CatalogPool:
             max_size=max_size,
             open=False,
             name=name,
-            kwargs={"autocommit": True, "row_factory": dict_row},
+            # A session that stalls inside a transaction (a SIGSTOPped worker holding the tenant's
+            # head or counter lock) is ended by the server, which releases its locks.
+            kwargs={"autocommit": True, "row_factory": dict_row,
+                    "options": f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"},
             timeout=10.0,
         )
 

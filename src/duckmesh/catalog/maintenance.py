@@ -11,7 +11,7 @@ from psycopg.types.json import Jsonb
 
 from duckmesh.catalog.db import AsyncConn
 from duckmesh.domain import FileId, SnapshotId, TableId, TenantId
-from duckmesh.errors import SnapshotNotFound
+from duckmesh.errors import LeaseLost, SnapshotNotFound
 
 RUN_TABLES = {"compaction": "compaction_run", "retention": "gc_run", "integrity": "integrity_run"}
 
@@ -22,14 +22,27 @@ async def acquire_job(
     """Take the (tenant, table, job) lease unless someone else holds a live one."""
     cur = await conn.execute(
         "INSERT INTO job_lease (tenant_id, table_id, job, owner, lease_until)"
-        " VALUES (%(t)s, %(tb)s, %(j)s, %(o)s, now() + make_interval(secs => %(s)s))"
+        " VALUES (%(t)s, %(tb)s, %(j)s, %(o)s, clock_timestamp() + make_interval(secs => %(s)s))"
         " ON CONFLICT (tenant_id, table_id, job) DO UPDATE"
         " SET owner = EXCLUDED.owner, lease_until = EXCLUDED.lease_until"
-        " WHERE job_lease.lease_until < now() OR job_lease.owner = EXCLUDED.owner"
+        " WHERE job_lease.lease_until < clock_timestamp() OR job_lease.owner = EXCLUDED.owner"
         " RETURNING owner",
         {"t": tenant_id, "tb": table_id, "j": job, "o": owner, "s": seconds},
     )
     return await cur.fetchone() is not None
+
+
+async def extend_job(
+    conn: AsyncConn, tenant_id: TenantId, table_id: int, job: str, owner: str, seconds: float
+) -> None:
+    """Keep a held job lease alive; LeaseLost once it expired (another runner may own it now)."""
+    cur = await conn.execute(
+        "UPDATE job_lease SET lease_until = clock_timestamp() + make_interval(secs => %s)"
+        " WHERE tenant_id = %s AND table_id = %s AND job = %s AND owner = %s AND lease_until > clock_timestamp()",
+        (seconds, tenant_id, table_id, job, owner),
+    )
+    if cur.rowcount != 1:
+        raise LeaseLost("the maintenance job lease expired", job=job, owner=owner)
 
 
 async def release_job(conn: AsyncConn, tenant_id: TenantId, table_id: int, job: str, owner: str) -> None:
@@ -185,9 +198,19 @@ async def forget_files(conn: AsyncConn, file_ids: list[FileId]) -> None:
     await conn.execute("DELETE FROM data_file WHERE file_id = ANY(%s)", (file_ids,))
 
 
-async def path_known(conn: AsyncConn, path: str) -> bool:
-    cur = await conn.execute("SELECT 1 FROM data_file WHERE path = %s", (path,))
-    return await cur.fetchone() is not None
+async def known_among(conn: AsyncConn, paths: list[str]) -> set[str]:
+    """Which of ``paths`` a catalog row names (a fresh read, right before deleting orphans)."""
+    cur = await conn.execute("SELECT path FROM data_file WHERE path = ANY(%s)", (paths,))
+    return {r["path"] for r in await cur.fetchall()}
+
+
+async def database_now(conn: AsyncConn) -> datetime:
+    """The database clock: every age GC compares is measured by it, never by a worker's clock."""
+    cur = await conn.execute("SELECT clock_timestamp() AS now")
+    row = await cur.fetchone()
+    assert row is not None
+    moment: datetime = row["now"]
+    return moment
 
 
 async def known_paths(conn: AsyncConn, tenant_id: TenantId) -> set[str]:
@@ -195,15 +218,25 @@ async def known_paths(conn: AsyncConn, tenant_id: TenantId) -> set[str]:
     return {r["path"] for r in await cur.fetchall()}
 
 
-async def expired_by_table_retention(conn: AsyncConn, tenant_id: TenantId) -> list[tuple[TableId, FileId]]:
+@dataclass(frozen=True)
+class ExpiredFile:
+    table_id: TableId
+    file_id: FileId
+    max_token: int
+    keyed: bool
+
+
+async def expired_by_table_retention(conn: AsyncConn, tenant_id: TenantId) -> list[ExpiredFile]:
     """Live files entirely older than their table's ``retention_days``."""
     cur = await conn.execute(
-        "SELECT r.table_id, r.file_id FROM file_live_range r JOIN data_file f USING (file_id)"
+        "SELECT r.table_id, r.file_id, f.max_token, cardinality(t.primary_key) > 0 AS keyed"
+        " FROM file_live_range r JOIN data_file f USING (file_id)"
         " JOIN table_def t ON t.table_id = r.table_id"
         " WHERE r.tenant_id = %s AND r.removed_snapshot_id IS NULL AND t.retention_days IS NOT NULL"
         "   AND f.max_event_time < now() - make_interval(days => t.retention_days)"
         # Keyed tables: drop a file only when no kept file holds an older token, so a dropped
-        # delete (or newer version) can never uncover an older version of a key.
+        # delete (or newer version) can never uncover an older version of a key. The commit
+        # re-checks this, and unresolved events and dead letters too (NoOlderVersionsOutside).
         "   AND (cardinality(t.primary_key) = 0 OR NOT EXISTS ("
         "     SELECT 1 FROM file_live_range r2 JOIN data_file f2 USING (file_id)"
         "     WHERE r2.tenant_id = r.tenant_id AND r2.table_id = r.table_id AND r2.removed_snapshot_id IS NULL"
@@ -211,20 +244,8 @@ async def expired_by_table_retention(conn: AsyncConn, tenant_id: TenantId) -> li
         "       AND f2.max_event_time >= now() - make_interval(days => t.retention_days)))",
         (tenant_id,),
     )
-    return [(TableId(r["table_id"]), FileId(r["file_id"])) for r in await cur.fetchall()]
-
-
-async def delete_committed_events(
-    conn: AsyncConn, tenant_id: TenantId, window: timedelta, *, dry_run: bool = False
-) -> int:
-    """Ingest-bus cleanup: committed events older than the idempotency window (their keys are
-    forgotten; their rows live on in Parquet). A dry run only counts them."""
-    where = "FROM ingest_event WHERE tenant_id = %s AND state = 'committed' AND resolved_at < now() - %s"
-    if dry_run:
-        row = await (await conn.execute("SELECT count(*) AS n " + where, (tenant_id, window))).fetchone()
-        return int(row["n"]) if row else 0
-    cur = await conn.execute("DELETE " + where, (tenant_id, window))
-    return cur.rowcount
+    return [ExpiredFile(TableId(r["table_id"]), FileId(r["file_id"]), r["max_token"] or 0, r["keyed"])
+            for r in await cur.fetchall()]
 
 
 async def retained_files(conn: AsyncConn, tenant_id: TenantId) -> list[dict[str, Any]]:

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
 from duckmesh.catalog.db import AsyncConn
-from duckmesh.domain import TableId, TenantId
-from duckmesh.errors import TableExists, TableNotFound
-from duckmesh.schema import CompatibilityMode, TableSchema
+from duckmesh.domain import TableId, TenantId, VisibilityToken
+from duckmesh.errors import SchemaIncompatible, TableExists, TableNotFound, ValidationFailed
+from duckmesh.schema import CompatibilityMode, SchemaError, TableSchema, compatibility_problems
+
+if TYPE_CHECKING:
+    from duckmesh.catalog.commit import CommitContext
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,12 @@ class TableDef:
         }
 
 
+@dataclass(frozen=True)
+class PinnedTable:
+    table: TableDef
+    watermark: VisibilityToken
+
+
 _SELECT = (
     "SELECT t.*, v.schema_json FROM table_def t"
     " JOIN table_schema_version v ON v.table_id = t.table_id AND v.schema_version = t.schema_version"
@@ -75,26 +85,85 @@ _SELECT_WITH_STATS = (
 )
 
 
-async def create_table(
-    conn: AsyncConn, tenant_id: TenantId, name: str, schema: TableSchema, mode: CompatibilityMode
-) -> TableDef:
-    try:
-        async with conn.transaction():
-            cur = await conn.execute(
-                "INSERT INTO table_def (tenant_id, table_name, primary_key, partition_by, compatibility_mode)"
-                " VALUES (%s, %s, %s, %s, %s) RETURNING table_id",
-                (tenant_id, name, list(schema.primary_key), list(schema.partition_by), mode),
+@dataclass
+class CreateTable:
+    """Commit step: insert the table and its first schema version (the snapshot then pins it)."""
+
+    name: str
+    schema: TableSchema
+    mode: CompatibilityMode
+    table_id: TableId | None = None  # set when applied
+
+    async def apply(self, tx: AsyncConn, ctx: CommitContext) -> None:
+        try:
+            async with tx.transaction():  # a savepoint: the unique violation stays a clean error
+                cur = await tx.execute(
+                    "INSERT INTO table_def (tenant_id, table_name, primary_key, partition_by, compatibility_mode)"
+                    " VALUES (%s, %s, %s, %s, %s) RETURNING table_id",
+                    (ctx.tenant_id, self.name, list(self.schema.primary_key), list(self.schema.partition_by),
+                     self.mode),
+                )
+        except psycopg.errors.UniqueViolation:
+            raise TableExists(f"table {self.name!r} already exists", table=self.name) from None
+        row = await cur.fetchone()
+        assert row is not None
+        self.table_id = TableId(row["table_id"])
+        await tx.execute(
+            "INSERT INTO table_schema_version (table_id, schema_version, schema_json, compatibility_mode)"
+            " VALUES (%s, 1, %s, %s)",
+            (self.table_id, Jsonb(self.schema.to_json()), self.mode),
+        )
+
+
+@dataclass
+class AlterSchema:
+    """Commit step: the next schema version from a whole new column list, if compatible with the
+    current one under the table's (or the newly given) mode. The table row is locked, so two
+    concurrent ALTERs cannot create the same version; the second is checked against the first."""
+
+    name: str
+    columns: Sequence[Mapping[str, Any]]
+    mode: CompatibilityMode | None
+    table_id: TableId | None = None  # set when applied
+
+    async def apply(self, tx: AsyncConn, ctx: CommitContext) -> None:
+        table = await lock_table(tx, ctx.tenant_id, self.name)
+        cur = await tx.execute(
+            "SELECT coalesce(max((c->>'field_id')::int), 0) AS last FROM table_schema_version v,"
+            " jsonb_array_elements(v.schema_json->'columns') c WHERE v.table_id = %s",
+            (table.table_id,),
+        )
+        last = await cur.fetchone()
+        try:
+            new = table.schema.evolve(self.columns, int(last["last"]) if last else 0)
+        except SchemaError as exc:
+            raise ValidationFailed(str(exc), table=self.name) from None
+        effective: CompatibilityMode = self.mode or table.compatibility_mode
+        problems = compatibility_problems(table.schema, new, effective)
+        if problems:
+            raise SchemaIncompatible(
+                f"the change is not allowed under compatibility mode {effective}",
+                table=self.name, compatibility_mode=effective, reasons=problems,
             )
-            row = await cur.fetchone()
-            assert row is not None
-            await conn.execute(
-                "INSERT INTO table_schema_version (table_id, schema_version, schema_json, compatibility_mode)"
-                " VALUES (%s, 1, %s, %s)",
-                (row["table_id"], Jsonb(schema.to_json()), mode),
-            )
-    except psycopg.errors.UniqueViolation:
-        raise TableExists(f"table {name!r} already exists", table=name) from None
-    return await get_table(conn, tenant_id, name)
+        await add_schema_version(tx, table, new, effective)
+        self.table_id = table.table_id
+
+
+@dataclass(frozen=True)
+class DropTable:
+    """Commit step of a DROP: the live table row is locked for update (accepting transactions hold
+    it key-shared, so they finish first and later ones see it dropped) and marked dropped."""
+
+    table_id: TableId
+
+    async def apply(self, tx: AsyncConn, ctx: CommitContext) -> None:
+        cur = await tx.execute(
+            "UPDATE table_def SET dropped_at = clock_timestamp(), updated_at = now()"
+            " WHERE table_id = %s AND tenant_id = %s AND dropped_at IS NULL RETURNING table_name",
+            (self.table_id, ctx.tenant_id),
+        )
+        if await cur.fetchone() is None:
+            raise TableNotFound("the table does not exist (dropped meanwhile?)", table_id=self.table_id)
 
 
 async def get_table(conn: AsyncConn, tenant_id: TenantId, name: str, *, with_stats: bool = False) -> TableDef:
@@ -171,27 +240,18 @@ async def schema_history(conn: AsyncConn, table_id: TableId) -> list[dict[str, A
     ]
 
 
-async def mark_dropped(tx: AsyncConn, table_id: TableId) -> None:
-    # clock_timestamp, taken after the caller holds the publication lock: every snapshot
-    # published before the drop is older than dropped_at, every later one newer.
-    await tx.execute(
-        "UPDATE table_def SET dropped_at = clock_timestamp(), updated_at = now() WHERE table_id = %s", (table_id,)
-    )
-
-
-async def tables_at(conn: AsyncConn, tenant_id: TenantId, moment: datetime) -> list[TableDef]:
-    """Tables as a snapshot created at ``moment`` saw them: existing then, with the schema
-    version current then (a table dropped later, or recreated under the same name, included)."""
+async def tables_of_snapshot(conn: AsyncConn, tenant_id: TenantId, snapshot_id: int) -> list[PinnedTable]:
+    """The tables a snapshot names, each with the schema version the snapshot pinned and its
+    table watermark: the same answer forever for the same snapshot id (dropped tables included)."""
     cur = await conn.execute(
         "SELECT t.table_id, t.tenant_id, t.table_name, t.created_at, t.updated_at, v.schema_version,"
-        " v.schema_json, v.compatibility_mode FROM table_def t"
-        " JOIN LATERAL (SELECT * FROM table_schema_version v WHERE v.table_id = t.table_id"
-        "   AND (v.created_at <= %(m)s OR v.schema_version = 1) ORDER BY v.schema_version DESC LIMIT 1) v ON true"
-        " WHERE t.tenant_id = %(t)s AND t.created_at <= %(m)s AND (t.dropped_at IS NULL OR t.dropped_at > %(m)s)"
-        " ORDER BY t.table_name",
-        {"t": tenant_id, "m": moment},
+        " v.schema_json, v.compatibility_mode, w.max_visibility_token AS watermark"
+        " FROM snapshot_table_watermark w JOIN table_def t ON t.table_id = w.table_id"
+        " JOIN table_schema_version v ON v.table_id = w.table_id AND v.schema_version = w.schema_version"
+        " WHERE w.snapshot_id = %s AND t.tenant_id = %s ORDER BY t.table_name",
+        (snapshot_id, tenant_id),
     )
-    return [TableDef.from_row(r) for r in await cur.fetchall()]
+    return [PinnedTable(TableDef.from_row(r), VisibilityToken(r["watermark"])) for r in await cur.fetchall()]
 
 
 async def all_tables(conn: AsyncConn, tenant_id: TenantId) -> list[TableDef]:

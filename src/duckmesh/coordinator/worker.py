@@ -1,12 +1,15 @@
-"""The coordinator loop: claim -> materialize -> publish one snapshot per tenant -> ack.
+"""The coordinator loop: claim -> materialize -> publish one snapshot per tenant (commit protocol).
 
-Safety of retries and crashes:
-- Files are written before the publishing transaction; if the process dies or the lease is
-  lost before commit, they are orphans that no snapshot names (GC removes them later).
-- The publishing transaction re-checks the lease inside ``bus.ack``; a coordinator whose lease
-  expired cannot publish events another coordinator has taken over.
-- Each event is committed exactly once (state moves claimed -> committed under the lease),
-  so a row can never be published twice.
+Safety of retries, stalls and crashes:
+- Every file is put under a write intent recorded first; the commit takes the intents and the
+  claim's events together, both checked against the database clock. A coordinator that stalls
+  past its lease (SIGSTOP, VM suspend) can therefore publish nothing: its claim was requeued and
+  its intents expired, so orphan cleanup may delete its files and no snapshot will name them.
+- The lease and the intents are extended every third of the lease while the batch works; if an
+  extension fails the batch is cancelled, visibly (log + metric), never silently.
+- Each event is committed (or failed) exactly once, inside the commit that publishes it, so a row
+  can never be published twice, and a failure resolves its token in the same transaction that
+  advances the watermark.
 """
 
 from __future__ import annotations
@@ -20,15 +23,17 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
-from duckmesh.bus.base import Claim, ClaimedEvent, FailedEvent, IngestBus
-from duckmesh.catalog import snapshots, tables
+from duckmesh.bus.base import Claim, ClaimedEvent, IngestBus
+from duckmesh.catalog import intents, tables, tokens
+from duckmesh.catalog.commit import CommitPlan, Step, TablesLive, commit
 from duckmesh.catalog.db import CatalogPool
-from duckmesh.catalog.snapshots import NewDataFile, PublishPlan
-from duckmesh.coordinator.materialize import ParquetFile, build_table, write_parquet
+from duckmesh.coordinator.materialize import build_table
+from duckmesh.datafiles import NewDataFile, ParquetFile, ingest_key, write_parquet
 from duckmesh.domain import EventId, SnapshotKind, TableId, TenantId
-from duckmesh.errors import LeaseLost, StorageError
+from duckmesh.errors import CommitConflict, LeaseLost, NothingToCommit, StorageError
+from duckmesh.heartbeat import while_extending
 from duckmesh.observability import metrics
 from duckmesh.observability.logging import new_trace_id, trace_id_var
 from duckmesh.schema import TableSchema
@@ -48,14 +53,37 @@ class CoordinatorConfig:
 
 
 @dataclass
-class TenantWork:
-    """What one tenant's part of a claim produced, ready to publish."""
+class _Batch:
+    """One claim in progress: commits and lease extensions take ``lock`` in turn, so the extender
+    never counts events a commit is resolving at that moment."""
 
-    files: list[NewDataFile] = field(default_factory=list)
+    claim: Claim
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    open_intents: int = 0
+
+    @property
+    def intent_owner(self) -> str:
+        return f"claim:{self.claim.claim_id}"
+
+
+@dataclass
+class TenantWork:
+    """What one tenant's part of a claim produced, ready to commit."""
+
+    files: list[tuple[NewDataFile, bytes]] = field(default_factory=list)
     committed: list[EventId] = field(default_factory=list)
-    failed: list[FailedEvent] = field(default_factory=list)
-    released: list[EventId] = field(default_factory=list)
+    failed: dict[str, list[EventId]] = field(default_factory=dict)  # reason -> events out of attempts
+    retry: dict[str, list[EventId]] = field(default_factory=dict)  # reason -> events with attempts left
     oldest_ingest: datetime | None = None
+
+    def fail(self, events: Sequence[ClaimedEvent], reason: str, max_attempts: int) -> None:
+        for event in events:
+            target = self.failed if event.attempts >= max_attempts else self.retry
+            target.setdefault(reason, []).append(event.event_id)
+
+    @property
+    def failed_count(self) -> int:
+        return sum(len(ids) for ids in self.failed.values())
 
 
 class Coordinator:
@@ -80,7 +108,7 @@ class Coordinator:
         while not stop.is_set():
             now = time.monotonic()
             if now >= next_requeue:
-                await self._requeue_expired()
+                await self.resolve_expired()
                 next_requeue = now + max(self.config.lease_seconds / 4, 0.5)
             pause = last_batch + self.config.flush_interval - time.monotonic()
             if pause > 0:
@@ -104,17 +132,27 @@ class Coordinator:
                 task.cancel()
         log.info("coordinator_stopped", extra={"owner": self.config.owner})
 
-    async def _requeue_expired(self) -> None:
+    async def resolve_expired(self) -> None:
+        """Lease recovery: expired claims go back to the pool; events out of attempts and abandoned
+        backfill reservations are failed — each tenant's in one commit that also advances its
+        watermark, so a crash can never leave them resolved but the watermark stuck."""
         try:
-            failed = await self._bus.requeue_expired(self.config.max_attempts)
+            stuck = set(await self._bus.requeue_expired(self.config.max_attempts))
+            async with self._pool.connection() as conn:
+                stuck.update(await tokens.tenants_with_expired_reservations(conn))
         except Exception:
             log.exception("requeue_expired_failed")
             return
-        by_tenant: dict[TenantId, TenantWork] = defaultdict(TenantWork)
-        for event in failed:
-            by_tenant[event.tenant_id].failed.append(event)
-        for tenant_id, work in by_tenant.items():
-            await self._publish(tenant_id, None, work)
+        for tenant_id in sorted(stuck):
+            plan = CommitPlan(
+                tenant_id, SnapshotKind.INGEST, self.config.owner,
+                effects=[self._bus.fail_exhausted_step(tenant_id, self.config.max_attempts),
+                         tokens.FailExpiredReservations(tenant_id)],
+                skip_if_nothing_resolved=True, trace_id=new_trace_id(),
+            )
+            with contextlib.suppress(NothingToCommit):
+                await commit(self._pool, plan)
+                log.warning("expired_work_failed", extra={"tenant_id": tenant_id})
 
     async def run_once(self) -> tuple[bool, bool]:
         """Claim and process one batch. Returns (claimed anything, the batch was full)."""
@@ -123,36 +161,44 @@ class Coordinator:
         )
         if claim is None:
             return False, False
+        await self.process(claim)
+        return True, len(claim.events) >= self.config.max_batch_events
+
+    async def process(self, claim: Claim) -> None:
+        """Materialize and publish a claimed batch while keeping its lease alive."""
         token = trace_id_var.set(new_trace_id())
         started = time.perf_counter()
         metrics.CLAIM_BATCH_SIZE.observe(len(claim.events))
-        extender = asyncio.create_task(self._keep_lease(claim))
+        batch = _Batch(claim)
+
+        async def extend() -> None:
+            async with batch.lock:
+                await self._bus.extend(claim, self.config.lease_seconds)
+                await intents.extend(self._pool, batch.intent_owner, self.config.lease_seconds, batch.open_intents)
+
         try:
-            await self._process(claim)
+            await while_extending(self._process(batch), extend, self.config.lease_seconds / 3)
+        except LeaseLost:
+            # The batch is over, visibly: whatever it did not commit is requeued by lease recovery
+            # and its unpublished files become orphans once their intents expire.
+            metrics.SNAPSHOT_PUBLISH_FAILURES.labels("lease_lost").inc()
+            log.error("lease_extension_failed", extra={"claim_id": claim.claim_id}, exc_info=True)
         finally:
-            extender.cancel()
-            with contextlib.suppress(asyncio.CancelledError, LeaseLost):
-                await extender
             trace_id_var.reset(token)
         metrics.COMMIT_BATCH_LATENCY.observe(time.perf_counter() - started)
-        return True, len(claim.events) >= self.config.max_batch_events
 
-    async def _keep_lease(self, claim: Claim) -> None:
-        while True:
-            await asyncio.sleep(self.config.lease_seconds / 3)
-            await self._bus.extend(claim, self.config.lease_seconds)
-
-    async def _process(self, claim: Claim) -> None:
+    async def _process(self, batch: _Batch) -> None:
         by_tenant: dict[TenantId, list[ClaimedEvent]] = defaultdict(list)
-        for event in claim.events:
+        for event in batch.claim.events:
             by_tenant[event.tenant_id].append(event)
-        await self._load_schemas(claim.events)
+        await self._load_schemas(batch.claim.events)
         for tenant_id, events in by_tenant.items():
-            work = await self._materialize_tenant(claim, tenant_id, events)
-            if work.released:
-                await self._bus.release(claim, work.released)
+            work = await self._materialize_tenant(tenant_id, events, batch.claim.claim_id)
+            for reason, ids in work.retry.items():
+                metrics.CLAIM_RETRIES.inc(len(ids))
+                await self._bus.nack(batch.claim, ids, reason)
             if work.committed or work.failed:
-                await self._publish(tenant_id, claim, work)
+                await self._publish(tenant_id, batch, work)
 
     async def _load_schemas(self, events: Sequence[ClaimedEvent]) -> None:
         missing = sorted({e.table_id for e in events if (e.table_id, e.schema_version) not in self._schemas})
@@ -160,7 +206,9 @@ class Coordinator:
             async with self._pool.connection() as conn:
                 self._schemas.update(await tables.schemas_by_version(conn, missing))
 
-    async def _materialize_tenant(self, claim: Claim, tenant_id: TenantId, events: list[ClaimedEvent]) -> TenantWork:
+    async def _materialize_tenant(self, tenant_id: TenantId, events: list[ClaimedEvent], claim_id: int) -> TenantWork:
+        """Build one Parquet file per (table, schema version, day); events that cannot be built are
+        isolated one by one and either retried or, out of attempts, failed by the commit."""
         work = TenantWork(oldest_ingest=min(e.ingested_at for e in events))
         groups: dict[tuple[TableId, int, str], list[ClaimedEvent]] = defaultdict(list)
         for event in events:
@@ -168,60 +216,85 @@ class Coordinator:
         for seq, ((table_id, version, day), group) in enumerate(sorted(groups.items())):
             schema = self._schemas.get((table_id, version))
             if schema is None:
-                work.failed += await self._bus.nack(
-                    claim, [e.event_id for e in group], "table or schema version no longer exists", 1
-                )
+                work.fail(group, "table or schema version no longer exists", 0)
                 continue
             good, bad = await asyncio.to_thread(_build_isolating_poison, group, schema)
-            if bad:
-                metrics.CLAIM_RETRIES.inc(len(bad))
-                bad_ids = [e.event_id for e, _ in bad]
-                work.failed += await self._bus.nack(claim, bad_ids, bad[0][1], self.config.max_attempts)
-            if not good:
+            for event, reason in bad:
+                work.fail([event], reason, self.config.max_attempts)
+            if good is None:
                 continue
             events_ok, parquet = good
-            path = f"{tenant_id}/{table_id}/date={day}/part-{claim.claim_id}-{seq:04d}.parquet"
-            try:
-                await asyncio.to_thread(self._store.put, path, parquet.data)
-            except StorageError:
-                log.warning("object_store_unavailable", extra={"path": path, "tenant_id": tenant_id}, exc_info=True)
-                metrics.SNAPSHOT_PUBLISH_FAILURES.labels("storage").inc()
-                # Give the whole tenant back: no partial snapshot; files already written are orphans.
-                work.released = [e.event_id for e in events]
-                work.committed.clear()
-                work.files.clear()
-                return work
-            work.files.append(_data_file(table_id, version, path, parquet))
+            path = ingest_key(tenant_id, table_id, date.fromisoformat(day), claim_id, seq)
+            work.files.append((parquet.new_file(table_id, version, path), parquet.data))
             work.committed += [e.event_id for e in events_ok]
         return work
 
-    async def _publish(self, tenant_id: TenantId, claim: Claim | None, work: TenantWork) -> None:
-        plan = PublishPlan(tenant_id, SnapshotKind.INGEST, self.config.owner, add=work.files,
-                           trace_id=trace_id_var.get())
+    async def _publish(self, tenant_id: TenantId, batch: _Batch, work: TenantWork) -> None:
+        claim = batch.claim
+        files = [f for f, _ in work.files]
+        async with batch.lock:
+            await intents.record(self._pool, tenant_id, batch.intent_owner, [f.path for f in files],
+                                 self.config.lease_seconds)
+            batch.open_intents += len(files)
         try:
-            async with self._pool.transaction() as tx:
-                head = await snapshots.lock_head(tx, tenant_id)
-                snapshot_id = await snapshots.reserve_snapshot_id(tx)
-                if claim is not None and work.committed:
-                    await self._bus.ack(tx, claim, work.committed, snapshot_id)
-                marks = await self._bus.resolved_watermarks(tx, tenant_id)
-                snapshot = await snapshots.publish(tx, head, snapshot_id, plan, marks.tenant, marks.tables)
-        except LeaseLost:
-            metrics.SNAPSHOT_PUBLISH_FAILURES.labels("lease_lost").inc()
-            log.warning("publish_lease_lost", extra={"tenant_id": tenant_id})
+            for data_file, data in work.files:
+                await asyncio.to_thread(self._store.put, data_file.path, data)
+        except StorageError:
+            log.warning("object_store_unavailable", extra={"tenant_id": tenant_id}, exc_info=True)
+            metrics.SNAPSHOT_PUBLISH_FAILURES.labels("storage").inc()
+            # No partial snapshot: the whole tenant goes back, our files are abandoned.
+            await self._abandon(batch, files, [*work.committed, *(i for ids in work.failed.values() for i in ids)])
+            return
+        requires: list[Step] = [TablesLive(sorted({f.table_id for f in files}))] if files else []
+        # Failing first: the commit step then finds exactly the events it publishes still held.
+        requires += [self._bus.fail_step(claim, ids, reason) for reason, ids in work.failed.items()]
+        if work.committed:
+            requires.append(self._bus.commit_step(claim, tenant_id, work.committed))
+        plan = CommitPlan(tenant_id, SnapshotKind.INGEST, self.config.owner, add=files, requires=requires,
+                          trace_id=trace_id_var.get())
+        async with batch.lock:
+            try:
+                snapshot = await commit(self._pool, plan)
+            except CommitConflict as exc:
+                metrics.SNAPSHOT_PUBLISH_FAILURES.labels(
+                    "lease_lost" if isinstance(exc, LeaseLost) else "conflict").inc()
+                log.warning("publish_refused", extra={"tenant_id": tenant_id, "error_code": exc.error_code,
+                                                       **{k: str(v) for k, v in exc.context.items()}})
+                resolved: list[EventId] = []
+            else:
+                resolved = [*work.committed, *(i for ids in work.failed.values() for i in ids)]
+                claim.let_go(resolved)
+                batch.open_intents -= len(files)
+        if not resolved:
+            await self._abandon(batch, files, [*work.committed, *(i for ids in work.failed.values() for i in ids)])
             return
         self.batches_published += 1
+        self._observe(tenant_id, work, snapshot.snapshot_id, snapshot.max_visibility_token)
+
+    async def _abandon(self, batch: _Batch, files: Sequence[NewDataFile], event_ids: Sequence[EventId]) -> None:
+        """A commit that did not happen: our files are never referenced (delete them, best effort,
+        and drop their intents) and the events we still hold go back without using an attempt."""
+        for data_file in files:
+            with contextlib.suppress(StorageError):
+                await asyncio.to_thread(self._store.delete, data_file.path)
+        async with batch.lock:
+            await intents.release(self._pool, [f.path for f in files])
+            batch.open_intents -= len(files)
+        held = [e for e in event_ids if e in batch.claim.held]
+        if held:
+            await self._bus.release(batch.claim, held)
+
+    def _observe(self, tenant_id: TenantId, work: TenantWork, snapshot_id: int, watermark: int) -> None:
         metrics.SNAPSHOTS_PUBLISHED.labels(str(tenant_id), "ingest").inc()
-        metrics.LATEST_VISIBILITY_TOKEN.labels(str(tenant_id)).set(snapshot.max_visibility_token)
+        metrics.LATEST_VISIBILITY_TOKEN.labels(str(tenant_id)).set(watermark)
         if work.failed:
-            metrics.EVENTS_FAILED.labels(str(tenant_id)).inc(len(work.failed))
+            metrics.EVENTS_FAILED.labels(str(tenant_id)).inc(work.failed_count)
         if work.oldest_ingest is not None and work.committed:
             lag = (datetime.now(UTC) - work.oldest_ingest).total_seconds()
             metrics.WRITE_TO_VISIBLE.labels(str(tenant_id)).observe(max(lag, 0.0))
         log.info("snapshot_published", extra={
-            "tenant_id": tenant_id, "snapshot_id": snapshot.snapshot_id, "files": len(work.files),
-            "events": len(work.committed), "failed": len(work.failed),
-            "max_visibility_token": snapshot.max_visibility_token,
+            "tenant_id": tenant_id, "snapshot_id": snapshot_id, "files": len(work.files),
+            "events": len(work.committed), "failed": work.failed_count, "max_visibility_token": watermark,
         })
 
 
@@ -245,14 +318,6 @@ def _build_isolating_poison(
     if not good:
         return None, bad
     return (good, write_parquet(build_table(good, schema))), bad
-
-
-def _data_file(table_id: TableId, version: int, path: str, parquet: ParquetFile) -> NewDataFile:
-    return NewDataFile(
-        table_id=table_id, path=path, record_count=parquet.record_count, file_size_bytes=len(parquet.data),
-        content_hash=parquet.content_hash, min_token=parquet.min_token, max_token=parquet.max_token,
-        min_event_time=parquet.min_event_time, max_event_time=parquet.max_event_time, schema_version=version,
-    )
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

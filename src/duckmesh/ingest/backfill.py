@@ -1,19 +1,18 @@
 """Backfill: bulk-load rows (NDJSON or Parquet) as ONE ``backfill`` snapshot with its own token range.
 
 Steps: validate the whole file like ingest (every bad row reported, up to a cap) → reserve a
-gap-free token range (counted as unresolved by the watermark until published; an abandoned
-reservation expires and is failed, so a crash never holds the watermark back) → write Parquet
-→ publish in one transaction that also commits the reservation. A caller-supplied backfill id
-makes retries safe: the same id with the same content returns the original result, with other
-content it is refused.
+gap-free token range in an accepting transaction (counted as unresolved by the watermark until
+published; an abandoned reservation expires and is failed, so a crash never holds the watermark
+back) → write Parquet under a write intent → commit with the reservation still pending and the
+table still live (both checked by the database clock; reservation and intent are kept alive
+while the file is written). A caller-supplied backfill id makes retries safe: the same id with
+the same content returns the original result, with other content it is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,23 +20,22 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from duckmesh.bus.base import IngestBus
-from duckmesh.bus.operations import commit_reservation, reserve_tokens
-from duckmesh.catalog import snapshots, tables
+from duckmesh.catalog import intents, tables, tokens
+from duckmesh.catalog.commit import CommitPlan, TablesLive, commit
 from duckmesh.catalog.db import CatalogPool
-from duckmesh.catalog.snapshots import NewDataFile, PublishPlan
 from duckmesh.catalog.tables import TableDef
+from duckmesh.catalog.tokens import Reservation, ReservationPending
 from duckmesh.columnar import canonical_table
+from duckmesh.datafiles import NewDataFile, backfill_key, write_parquet
 from duckmesh.domain import EVENT_TIME_COLUMN, OP_COLUMN, TOKEN_COLUMN, Op, SnapshotKind, TenantId
 from duckmesh.errors import IdempotencyKeyReused, RecordsRequired, ValidationFailed
+from duckmesh.heartbeat import while_extending
 from duckmesh.schema import PayloadValidator, TableSchema, arrow_type
 from duckmesh.storage.base import ObjectStore
 
 MAX_REPORTED_ERRORS = 100
-RESERVATION_TTL_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
@@ -118,10 +116,10 @@ def _cast(values: pa.ChunkedArray, target: pa.DataType) -> pa.ChunkedArray:
 
 
 class BackfillService:
-    def __init__(self, pool: CatalogPool, bus: IngestBus, store: ObjectStore) -> None:
+    def __init__(self, pool: CatalogPool, store: ObjectStore, *, lease_seconds: float = 60.0) -> None:
         self._pool = pool
-        self._bus = bus
         self._store = store
+        self.lease_seconds = lease_seconds
 
     async def load(
         self, tenant_id: TenantId, table_name: str, backfill_id: str, body: Path, fmt: str, created_by: str
@@ -133,49 +131,50 @@ class BackfillService:
         rows = await asyncio.to_thread(reader, body, table.schema)
         if rows.num_rows == 0:
             raise RecordsRequired("the backfill has no rows")
-        reservation, created = await reserve_tokens(
-            self._pool, tenant_id, table.table_id, backfill_id, digest, rows.num_rows, RESERVATION_TTL_SECONDS
+        reservation, created = await tokens.reserve_tokens(
+            self._pool, tenant_id, table.table_id, backfill_id, digest, rows.num_rows, self.lease_seconds
         )
         if not created:
             return self._existing(reservation, digest)
-        data_file = await asyncio.to_thread(self._write, tenant_id, table, rows, reservation.min_token)
-        async with self._pool.transaction() as tx:
-            head = await snapshots.lock_head(tx, tenant_id)
-            snapshot_id = await snapshots.reserve_snapshot_id(tx)
-            await commit_reservation(tx, reservation, snapshot_id)
-            marks = await self._bus.resolved_watermarks(tx, tenant_id)
-            plan = PublishPlan(tenant_id, SnapshotKind.BACKFILL, created_by, add=[data_file])
-            await snapshots.publish(tx, head, snapshot_id, plan, marks.tenant, marks.tables)
-        return BackfillResult(backfill_id, "visible", rows.num_rows, reservation.min_token, reservation.max_token,
-                              snapshot_id)
+        full = await asyncio.to_thread(_with_hidden_columns, table, rows, reservation.min_token)
+        key = backfill_key(tenant_id, table.table_id, datetime.now(UTC).date(), reservation.min_token)
+        owner = f"backfill:{reservation.reservation_id}"
+        await intents.record(self._pool, tenant_id, owner, [key], self.lease_seconds)
 
-    def _existing(self, reservation: Any, digest: bytes) -> BackfillResult:
+        async def write() -> NewDataFile:
+            parquet = await asyncio.to_thread(write_parquet, full)
+            await asyncio.to_thread(self._store.put, key, parquet.data)
+            return parquet.new_file(table.table_id, table.schema_version, key)
+
+        async def extend() -> None:
+            await tokens.extend_reservation(self._pool, reservation, self.lease_seconds)
+            await intents.extend(self._pool, owner, self.lease_seconds, 1)
+
+        data_file = await while_extending(write(), extend, self.lease_seconds / 3)
+        plan = CommitPlan(tenant_id, SnapshotKind.BACKFILL, created_by, add=[data_file],
+                          requires=[ReservationPending(reservation), TablesLive([table.table_id])])
+        snapshot = await commit(self._pool, plan)
+        return BackfillResult(backfill_id, "visible", rows.num_rows, reservation.min_token, reservation.max_token,
+                              snapshot.snapshot_id)
+
+    def _existing(self, reservation: Reservation, digest: bytes) -> BackfillResult:
         if reservation.payload_hash != digest:
             raise IdempotencyKeyReused("backfill id reused with different content", backfill_id=reservation.backfill_id)
         status = {"committed": "duplicate", "pending": "in_progress", "failed": "failed"}[reservation.state]
         return BackfillResult(reservation.backfill_id, status, reservation.record_count, reservation.min_token,
                               reservation.max_token, reservation.snapshot_id)
 
-    def _write(self, tenant_id: TenantId, table: TableDef, rows: pa.Table, first_token: int) -> NewDataFile:
-        now = datetime.now(UTC)
-        count = rows.num_rows
-        full = rows.append_column(TOKEN_COLUMN, pa.array(range(first_token, first_token + count), pa.int64()))
-        op = Op.UPSERT.value if table.schema.keyed else Op.INSERT.value
-        full = full.append_column(OP_COLUMN, pa.array([op] * count, pa.string()))
-        full = full.append_column(EVENT_TIME_COLUMN, pa.array([now] * count, pa.timestamp("us", tz="UTC")))
-        full = full.cast(table.schema.arrow_schema())
-        sink = io.BytesIO()
-        pq.write_table(full, sink, compression="zstd", row_group_size=128 * 1024)
-        data = sink.getvalue()
-        name = f"part-b{first_token}-{uuid.uuid4().hex[:8]}.parquet"
-        key = f"{tenant_id}/{table.table_id}/date={now.date().isoformat()}/{name}"
-        self._store.put(key, data)
-        tokens = pc.min_max(full.column(TOKEN_COLUMN)).as_py()
-        return NewDataFile(
-            table_id=table.table_id, path=key, record_count=count, file_size_bytes=len(data),
-            content_hash=hashlib.sha256(data).hexdigest(), min_token=tokens["min"], max_token=tokens["max"],
-            min_event_time=now, max_event_time=now, schema_version=table.schema_version,
-        )
+
+def _with_hidden_columns(table: TableDef, rows: pa.Table, first_token: int) -> pa.Table:
+    """The data-file schema: the rows plus tokens from the reservation, the table's op and the
+    load time as event time."""
+    now = datetime.now(UTC)
+    count = rows.num_rows
+    full = rows.append_column(TOKEN_COLUMN, pa.array(range(first_token, first_token + count), pa.int64()))
+    op = Op.UPSERT.value if table.schema.keyed else Op.INSERT.value
+    full = full.append_column(OP_COLUMN, pa.array([op] * count, pa.string()))
+    full = full.append_column(EVENT_TIME_COLUMN, pa.array([now] * count, pa.timestamp("us", tz="UTC")))
+    return full.cast(table.schema.arrow_schema())
 
 
 def _file_hash(path: Path) -> bytes:

@@ -29,5 +29,8 @@ class IngestReceipt(BaseModel):
     duplicate_count: int
     max_visibility_token: int
     visible_snapshot_id: int | None
-    status: Literal["accepted", "visible", "partial_duplicate"]
+    status: Literal["accepted", "visible", "partial_duplicate", "dead_lettered"]
     schema_version: int
+    # With wait_for_visibility: records of this request that were dead-lettered instead of
+    # becoming visible (status "dead_lettered"; see GET /v1/dead-letters).
+    failed_count: int = 0

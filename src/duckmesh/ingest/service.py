@@ -29,8 +29,8 @@ from duckmesh.ingest.models import IngestReceipt, IngestRecord, IngestRequest
 from duckmesh.observability import metrics
 from duckmesh.schema import PayloadValidator, parse_timestamp
 
-# Waits until a token is visible for a tenant; returns the snapshot id that covers it.
-VisibilityWaiter = Callable[[TenantId, VisibilityToken, float], Awaitable[SnapshotId]]
+# Waits until a token is visible in a table of a tenant; returns the snapshot id that covers it.
+VisibilityWaiter = Callable[[TenantId, TableId, VisibilityToken, float], Awaitable[SnapshotId]]
 
 
 class IngestService:
@@ -91,16 +91,28 @@ class IngestService:
         metrics.INGEST_DUPLICATES.labels(tenant, table_name).inc(outcome.duplicate_count)
         metrics.INGEST_ACK_LATENCY.labels(tenant).observe(time.perf_counter() - started)
         if request.wait_for_visibility and self._wait is not None:
-            try:
-                snapshot_id = await self._wait(
-                    principal.tenant_id, receipt_token(receipt), request.visibility_timeout_ms / 1000
-                )
-            except ConsistencyTimeout as exc:
-                # The write itself was accepted: the context says so, and retrying is safe.
-                exc.context.update(max_visibility_token=receipt.max_visibility_token, accepted=True)
-                raise
-            receipt = receipt.model_copy(update={"visible_snapshot_id": snapshot_id, "status": "visible"})
+            receipt = await self._wait_visible(principal.tenant_id, table.table_id, outcome, receipt,
+                                               request.visibility_timeout_ms / 1000)
         return receipt
+
+    async def _wait_visible(
+        self, tenant_id: TenantId, table_id: TableId, outcome: PublishOutcome, receipt: IngestReceipt, timeout: float
+    ) -> IngestReceipt:
+        """Wait until the table's watermark covers the request, then say what became of it: a
+        record dead-lettered instead of materialized is reported (status and count), never
+        passed off as visible."""
+        assert self._wait is not None
+        try:
+            snapshot_id = await self._wait(tenant_id, table_id, receipt_token(receipt), timeout)
+        except ConsistencyTimeout as exc:
+            # The write itself was accepted: the context says so, and retrying is safe.
+            exc.context.update(max_visibility_token=receipt.max_visibility_token, accepted=True)
+            raise
+        failed = set(await self._bus.failed_tokens(tenant_id, sorted(set(outcome.tokens))))
+        return receipt.model_copy(update={
+            "visible_snapshot_id": snapshot_id, "status": "dead_lettered" if failed else "visible",
+            "failed_count": sum(1 for t in outcome.tokens if t in failed),
+        })
 
     def _validate(self, table: TableDef, records: Sequence[IngestRecord]) -> list[NewEvent]:
         validator = self._validator(table)

@@ -1,15 +1,16 @@
 """Compaction: merge a table's small files into well-sized, sorted ones.
 
-Plan (which files) → merge in DuckDB outside any catalog transaction → one short publish
-transaction that re-checks every input is still live. If another writer changed the table
-first, the publish aborts and our outputs are deleted (they were never referenced by any
-snapshot, so nothing visible changes; if the process dies instead, GC removes them later).
+Plan (which files) → merge in DuckDB outside any catalog transaction → upload the outputs under
+write intents → commit with the job lease still held, every input still live and, when delete
+markers are dropped, no older version of any key outside the inputs (``NoOlderVersionsOutside``),
+all checked by the database clock. The job lease and the intents are extended while the run
+works. If the commit is refused, nothing visible changed and our outputs are deleted; if the
+process dies instead, the intents expire and GC removes the outputs later.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import shutil
 import tempfile
@@ -20,14 +21,32 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from duckmesh.catalog import maintenance, snapshots, tables
+from duckmesh.catalog import intents, maintenance, snapshots, tables
+from duckmesh.catalog.commit import (
+    CommitPlan,
+    JobLeaseHeld,
+    NoOlderVersionsOutside,
+    Step,
+    WatermarkPolicy,
+    commit,
+    older_versions_outside,
+)
 from duckmesh.catalog.db import CatalogPool
-from duckmesh.catalog.snapshots import DataFile, LiveSetChanged, NewDataFile, PublishPlan
+from duckmesh.catalog.snapshots import DataFile
 from duckmesh.catalog.tables import TableDef
-from duckmesh.domain import EVENT_TIME_COLUMN, OP_COLUMN, TOKEN_COLUMN, SnapshotKind, TenantId
+from duckmesh.datafiles import (
+    DUCKDB_PARQUET_OPTIONS,
+    NewDataFile,
+    ParquetFile,
+    compaction_key,
+    describe,
+    partition_of,
+)
+from duckmesh.domain import EVENT_TIME_COLUMN, TOKEN_COLUMN, SnapshotKind, TenantId
+from duckmesh.errors import CommitConflict
+from duckmesh.heartbeat import while_extending
+from duckmesh.merge import latest_version_filter, quote, read_parquet
 from duckmesh.observability import metrics
 from duckmesh.storage.base import ObjectStore
 
@@ -41,6 +60,7 @@ class CompactionPolicy:
     target_file_bytes: int = 128 * 1024 * 1024
     max_input_bytes: int = 1024 * 1024 * 1024
     memory_limit: str = "1GB"
+    lease_seconds: float = 60.0  # job lease, extended every third while the run works
 
     @property
     def small_file_bytes(self) -> int:
@@ -58,19 +78,20 @@ class CompactionPlan:
     def input_bytes(self) -> int:
         return sum(f.file_size_bytes for f in self.inputs)
 
-
-def _partition(path: str) -> str:
-    return next((part for part in path.split("/") if part.startswith("date=")), "")
+    @property
+    def max_token(self) -> int:
+        return max(f.max_token or 0 for f in self.inputs)
 
 
 def plan(table: TableDef, live: list[DataFile], policy: CompactionPolicy) -> CompactionPlan | None:
     """Choose inputs: small files of one schema version and one date partition, oldest tokens
     first, up to the byte budget. Tombstones may be dropped only when the inputs are every
-    live file of the table (no older version anywhere that a dropped delete would uncover)."""
+    live file of the table (no older version anywhere that a dropped delete would uncover); the
+    run then also asks the catalog about unresolved events, dead letters and reservations."""
     groups: dict[tuple[int, str], list[DataFile]] = defaultdict(list)
     for data_file in live:
         if data_file.file_size_bytes < policy.small_file_bytes:
-            groups[(data_file.schema_version, _partition(data_file.path))].append(data_file)
+            groups[(data_file.schema_version, partition_of(data_file.path))].append(data_file)
     best: list[DataFile] = []
     for candidates in groups.values():
         chosen: list[DataFile] = []
@@ -85,22 +106,24 @@ def plan(table: TableDef, live: list[DataFile], policy: CompactionPolicy) -> Com
     if len(best) < max(policy.min_input_files, 2):
         return None
     covers_all = {f.file_id for f in best} == {f.file_id for f in live}
-    return CompactionPlan(table, best, drop_tombstones=covers_all)
+    return CompactionPlan(table, best, drop_tombstones=covers_all and table.schema.keyed)
 
 
 def _merge_sql(plan_: CompactionPlan, paths: list[str], out_dir: str, target_bytes: int) -> str:
     schema = plan_.table.schema
-    files = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
-    source = f"read_parquet([{files}], hive_partitioning = false)"
+    source = read_parquet(paths)
     if schema.keyed:
-        keys = ", ".join(f'"{k}"' for k in schema.primary_key)
-        keep = f" AND {OP_COLUMN} <> 'delete'" if plan_.drop_tombstones else ""
-        query = (f"SELECT * FROM {source} QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {TOKEN_COLUMN} DESC)"
-                 f" = 1{keep} ORDER BY {keys}")
+        keys = ", ".join(quote(k) for k in schema.primary_key)
+        rule = latest_version_filter(schema, hide_deletes=plan_.drop_tombstones)
+        query = f"SELECT * FROM {source} {rule} ORDER BY {keys}"
     else:
         query = f"SELECT * FROM {source} ORDER BY {EVENT_TIME_COLUMN}, {TOKEN_COLUMN}"
-    return (f"COPY ({query}) TO '{out_dir}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 131072,"
+    return (f"COPY ({query}) TO '{out_dir}' ({DUCKDB_PARQUET_OPTIONS},"
             f" FILE_SIZE_BYTES {max(target_bytes, 1 << 20)}, PER_THREAD_OUTPUT false)")
+
+
+def _describe_file(path: Path) -> ParquetFile:
+    return describe(path.read_bytes())
 
 
 def merge(plan_: CompactionPlan, local_inputs: list[str], work_dir: Path, policy: CompactionPolicy) -> list[Path]:
@@ -111,24 +134,17 @@ def merge(plan_: CompactionPlan, local_inputs: list[str], work_dir: Path, policy
     return sorted(out_dir.glob("*.parquet"))
 
 
-def describe_output(path: Path) -> dict[str, Any]:
-    data = path.read_bytes()
-    metadata = pq.ParquetFile(path).metadata
-    table = pq.read_table(path, columns=[TOKEN_COLUMN, EVENT_TIME_COLUMN])
-    tokens = pc.min_max(table.column(TOKEN_COLUMN)).as_py()
-    times = pc.min_max(table.column(EVENT_TIME_COLUMN)).as_py()
-    return {
-        "data": data, "rows": metadata.num_rows, "hash": hashlib.sha256(data).hexdigest(),
-        "min_token": tokens["min"], "max_token": tokens["max"], "min_time": times["min"], "max_time": times["max"],
-    }
-
-
 class Compactor:
-    def __init__(self, pool: CatalogPool, store: ObjectStore, policy: CompactionPolicy, owner: str) -> None:
+    def __init__(
+        self, pool: CatalogPool, store: ObjectStore, policy: CompactionPolicy, owner: str,
+        scratch_dir: Path | None = None,
+    ) -> None:
         self._pool = pool
         self._store = store
         self.policy = policy
         self.owner = owner
+        self.scratch_dir = scratch_dir
+        self._open_intents: dict[str, int] = {}  # run owner -> write intents it holds
 
     async def run(self, tenant_id: TenantId, table_name: str | None = None, dry_run: bool = False) -> dict[str, Any]:
         async with self._pool.connection() as conn:
@@ -144,19 +160,47 @@ class Compactor:
         # (the loop and an admin request), skips the table instead of duplicating the work.
         run_owner = f"{self.owner}:{uuid.uuid4().hex[:8]}"
         async with self._pool.connection() as conn:
-            if not await maintenance.acquire_job(conn, tenant_id, table.table_id, JOB, run_owner, 3600):
+            if not await maintenance.acquire_job(
+                conn, tenant_id, table.table_id, JOB, run_owner, self.policy.lease_seconds
+            ):
                 return {"status": "skipped", "reason": "another compaction run holds this table"}
+
+        async def extend() -> None:
+            async with self._pool.connection() as conn:
+                await maintenance.extend_job(
+                    conn, tenant_id, table.table_id, JOB, run_owner, self.policy.lease_seconds
+                )
+            await intents.extend(self._pool, run_owner, self.policy.lease_seconds,
+                                 self._open_intents.get(run_owner, 0))
+
         try:
-            return await self._compact_locked(tenant_id, table, dry_run)
+            return await while_extending(
+                self._compact_locked(tenant_id, table, dry_run, run_owner), extend, self.policy.lease_seconds / 3
+            )
         finally:
+            self._open_intents.pop(run_owner, None)
             async with self._pool.connection() as conn:
                 await maintenance.release_job(conn, tenant_id, table.table_id, JOB, run_owner)
 
-    async def _compact_locked(self, tenant_id: TenantId, table: TableDef, dry_run: bool) -> dict[str, Any]:
+    async def plan_table(self, tenant_id: TenantId, table: TableDef) -> CompactionPlan | None:
         async with self._pool.connection() as conn:
             live = await snapshots.current_files(conn, tenant_id, table.table_id)
-        chosen = plan(table, live, self.policy)
+            chosen = plan(table, live, self.policy)
+            if chosen is not None and chosen.drop_tombstones:
+                blocking = await older_versions_outside(
+                    conn, tenant_id, table.table_id, [f.file_id for f in chosen.inputs], chosen.max_token
+                )
+                if blocking:  # keep the delete markers this time; the commit would refuse to drop them
+                    chosen = CompactionPlan(chosen.table, chosen.inputs, drop_tombstones=False)
+        return chosen
+
+    async def _compact_locked(
+        self, tenant_id: TenantId, table: TableDef, dry_run: bool, run_owner: str
+    ) -> dict[str, Any]:
+        chosen = await self.plan_table(tenant_id, table)
         if chosen is None:
+            async with self._pool.connection() as conn:
+                live = await snapshots.current_files(conn, tenant_id, table.table_id)
             return {"status": "nothing_to_do", "live_files": len(live)}
         summary: dict[str, Any] = {
             "input_files": len(chosen.inputs), "input_bytes": chosen.input_bytes,
@@ -167,8 +211,8 @@ class Compactor:
         async with self._pool.connection() as conn:
             run_id = await maintenance.start_run(conn, "compaction", tenant_id, self.owner, table_id=table.table_id)
         try:
-            outputs = await self.write_outputs(tenant_id, run_id, chosen)
-            status = await self.publish(tenant_id, chosen, outputs)
+            outputs = await self.write_outputs(tenant_id, run_id, chosen, run_owner)
+            status = await self.publish(tenant_id, chosen, outputs, run_owner)
         except Exception as exc:
             async with self._pool.connection() as conn:
                 await maintenance.finish_run(conn, "compaction", run_id, "failed", {**summary, "error": str(exc)[:300]})
@@ -184,9 +228,14 @@ class Compactor:
             metrics.COMPACTION_RUNS.labels(status).inc()
         return {"status": status, "run_id": run_id, **summary}
 
-    async def write_outputs(self, tenant_id: TenantId, run_id: int, chosen: CompactionPlan) -> list[NewDataFile]:
-        """Merge the inputs and upload the results (not yet part of any snapshot)."""
-        work_dir = Path(tempfile.mkdtemp(prefix="duckmesh-compact-"))
+    async def write_outputs(
+        self, tenant_id: TenantId, run_id: int, chosen: CompactionPlan, owner: str
+    ) -> list[NewDataFile]:
+        """Merge the inputs and upload the results under ``owner``'s write intents (not yet part
+        of any snapshot)."""
+        if self.scratch_dir is not None:
+            self.scratch_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        work_dir = Path(tempfile.mkdtemp(prefix="compact-", dir=self.scratch_dir))
         try:
             local = []
             for data_file in chosen.inputs:
@@ -198,35 +247,40 @@ class Compactor:
                     in_place = str(target)
                 local.append(in_place)
             merged = await asyncio.to_thread(merge, chosen, local, work_dir, self.policy)
-            partition = _partition(chosen.inputs[0].path) or "date=unknown"
+            partition = partition_of(chosen.inputs[0].path)
+            described = [d for path in merged if (d := await asyncio.to_thread(_describe_file, path)).record_count]
+            keys = [compaction_key(tenant_id, chosen.table.table_id, partition, run_id, seq)
+                    for seq in range(len(described))]
+            await intents.record(self._pool, tenant_id, owner, keys, self.policy.lease_seconds)
+            self._open_intents[owner] = self._open_intents.get(owner, 0) + len(keys)
             outputs = []
-            for seq, path in enumerate(merged):
-                info = await asyncio.to_thread(describe_output, path)
-                if info["rows"] == 0:
-                    continue
-                name = f"part-c{run_id}-{seq:04d}-{uuid.uuid4().hex[:8]}.parquet"
-                key = f"{tenant_id}/{chosen.table.table_id}/{partition}/{name}"
-                await asyncio.to_thread(self._store.put, key, info["data"])
-                outputs.append(NewDataFile(
-                    table_id=chosen.table.table_id, path=key, record_count=info["rows"],
-                    file_size_bytes=len(info["data"]), content_hash=info["hash"], min_token=info["min_token"],
-                    max_token=info["max_token"], min_event_time=info["min_time"], max_event_time=info["max_time"],
-                    schema_version=chosen.inputs[0].schema_version,
-                ))
+            for key, parquet in zip(keys, described, strict=True):
+                await asyncio.to_thread(self._store.put, key, parquet.data)
+                outputs.append(parquet.new_file(chosen.table.table_id, chosen.inputs[0].schema_version, key))
             return outputs
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)
 
-    async def publish(self, tenant_id: TenantId, chosen: CompactionPlan, outputs: list[NewDataFile]) -> str:
-        plan_ = PublishPlan(tenant_id, SnapshotKind.COMPACTION, self.owner, add=outputs,
-                            remove=[f.file_id for f in chosen.inputs])
+    async def publish(
+        self, tenant_id: TenantId, chosen: CompactionPlan, outputs: list[NewDataFile], owner: str
+    ) -> str:
+        requires: list[Step] = [JobLeaseHeld(chosen.table.table_id, JOB, owner)]
+        if chosen.drop_tombstones:
+            requires.append(NoOlderVersionsOutside(
+                chosen.table.table_id, [f.file_id for f in chosen.inputs], chosen.max_token))
+        plan_ = CommitPlan(tenant_id, SnapshotKind.COMPACTION, self.owner, add=outputs,
+                           remove=[f.file_id for f in chosen.inputs], requires=requires,
+                           watermark=WatermarkPolicy.KEEP)
         try:
-            async with self._pool.transaction() as tx:
-                await snapshots.publish_keeping_watermark(tx, plan_)
-        except LiveSetChanged:
+            await commit(self._pool, plan_)
+            self._open_intents.pop(owner, None)
+        except CommitConflict as exc:
+            self._open_intents.pop(owner, None)
             for output in outputs:  # never referenced by a snapshot: safe to delete right away
                 await asyncio.to_thread(self._store.delete, output.path)
-            log.info("compaction_aborted_inputs_changed", extra={"tenant_id": tenant_id})
+            await intents.release(self._pool, [o.path for o in outputs])
+            log.info("compaction_aborted", extra={"tenant_id": tenant_id, "error_code": exc.error_code,
+                                                  "reason": exc.message})
             return "aborted"
         metrics.SNAPSHOTS_PUBLISHED.labels(str(tenant_id), "compaction").inc()
         return "completed"

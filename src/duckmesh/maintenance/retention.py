@@ -8,9 +8,12 @@ Order of a run (each step idempotent, so a rerun finishes an interrupted run):
 3. file deletion: a file no retained snapshot references, that left the live set more than the
    safety age ago — the object first, then its catalog rows (a crash in between leaves a row
    whose object is gone; the next run deletes it again, which is not an error);
-4. orphans: objects under the tenant's prefix no catalog row names, older than the safety age
-   (files of crashed coordinators or compactors);
-5. ingest-bus cleanup: committed events older than the idempotency window.
+4. orphans: objects under the tenant's prefix no catalog row names whose writer can no longer
+   publish them — their write intent expired (it is deleted first, under the lock a commit in
+   flight holds) or they never had one and are older than the safety age by the database clock;
+5. ingest-bus cleanup: committed events and replayed dead letters older than the idempotency
+   window, dead letters nobody replayed older than the dead-letter retention, finished claims,
+   resolved reservations.
 """
 
 from __future__ import annotations
@@ -18,15 +21,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from dataclasses import asdict, dataclass
+from datetime import timedelta
 from typing import Any
 
-from duckmesh.catalog import maintenance, snapshots
+from duckmesh.bus.operations import clean_bus
+from duckmesh.catalog import intents, maintenance
+from duckmesh.catalog.commit import CommitPlan, NoOlderVersionsOutside, Step, WatermarkPolicy, commit
 from duckmesh.catalog.db import CatalogPool
-from duckmesh.catalog.snapshots import PublishPlan
 from duckmesh.domain import SnapshotId, SnapshotKind, TenantId
-from duckmesh.errors import StorageError
+from duckmesh.errors import CommitConflict, StorageError
 from duckmesh.observability import metrics
 from duckmesh.storage.base import ObjectStore
 
@@ -39,6 +43,7 @@ class RetentionPolicy:
     snapshot_min_age: timedelta = timedelta(hours=1)
     gc_safety_age: timedelta = timedelta(minutes=10)
     idempotency_window: timedelta = timedelta(days=7)
+    dead_letter_retention: timedelta = timedelta(days=30)
 
 
 class RetentionRunner:
@@ -63,7 +68,10 @@ class RetentionRunner:
             deleted, freed = await self._delete_files(tenant_id, dry_run, summary["failures"], expiring)
             summary.update(files_deleted=deleted, bytes_freed=freed)
             summary["orphans_deleted"] = await self._orphans(tenant_id, dry_run, summary["failures"])
-            summary["events_deleted"] = await self._bus_cleanup(tenant_id, dry_run)
+            cleaned = await clean_bus(self._pool, tenant_id, self.policy.idempotency_window,
+                                      self.policy.dead_letter_retention, dry_run=dry_run)
+            summary["events_deleted"] = cleaned.committed_events
+            summary["bus_cleanup"] = asdict(cleaned)
             status = "completed" if not summary["failures"] else "completed_with_failures"
         except Exception as exc:
             status = "failed"
@@ -81,13 +89,18 @@ class RetentionRunner:
             expired = await maintenance.expired_by_table_retention(conn, tenant_id)
         if dry_run or not expired:
             return len(expired)
-        plan = PublishPlan(tenant_id, SnapshotKind.COMPACTION, f"{self.owner}:retention",
-                           remove=[file_id for _, file_id in expired])
+        # Keyed tables: the removed files' delete markers go with them, so nothing older may hide
+        # behind them (the same rule as compaction dropping tombstones).
+        requires: list[Step] = []
+        for table_id in sorted({e.table_id for e in expired if e.keyed}):
+            mine = [e for e in expired if e.table_id == table_id]
+            requires.append(NoOlderVersionsOutside(table_id, [e.file_id for e in mine], max(e.max_token for e in mine)))
+        plan = CommitPlan(tenant_id, SnapshotKind.COMPACTION, f"{self.owner}:retention",
+                          remove=[e.file_id for e in expired], requires=requires, watermark=WatermarkPolicy.KEEP)
         try:
-            async with self._pool.transaction() as tx:
-                await snapshots.publish_keeping_watermark(tx, plan)
-        except snapshots.LiveSetChanged:
-            return 0  # a compaction moved those files first; the next run sees the new ones
+            await commit(self._pool, plan)
+        except CommitConflict:
+            return 0  # the table changed first (a compaction, a late publication); the next run retries
         return len(expired)
 
     async def _expire(self, tenant_id: TenantId, dry_run: bool) -> list[SnapshotId]:
@@ -127,26 +140,29 @@ class RetentionRunner:
         listed = await asyncio.to_thread(lambda: list(self._store.list(f"{tenant_id}/")))
         async with self._pool.connection() as conn:
             known = await maintenance.known_paths(conn, tenant_id)
-        cutoff = datetime.now(UTC) - self.policy.gc_safety_age
-        orphans = [o for o in listed if o.key not in known and o.modified_at < cutoff]
+            unknown = [o for o in listed if o.key not in known]
+            view = await intents.expire_for_gc(conn, tenant_id, [o.key for o in unknown], dry_run=dry_run)
+            cutoff = await maintenance.database_now(conn) - self.policy.gc_safety_age
+            candidates = sorted(
+                {o.key for o in unknown if o.key in view.expired
+                 or (o.key not in view.live and o.modified_at < cutoff)}
+                # Expired intents whose object was never listed (the put never happened, or the
+                # listing raced it): delete the key too, deleting a missing object is no error.
+                | {p for p in view.expired if p.startswith(f"{tenant_id}/")}
+            )
+            # Re-check right before deleting: a commit that took its intent before we expired it
+            # has published the path by now.
+            published = await maintenance.known_among(conn, candidates)
+        candidates = [p for p in candidates if p not in published]
+        listed_keys = {o.key for o in unknown}
         if dry_run:
-            return len(orphans)
+            return sum(1 for p in candidates if p in listed_keys)
         removed = 0
-        for orphan in orphans:
-            # Re-check: a coordinator may have published this very file since we listed.
-            async with self._pool.connection() as conn:
-                if await maintenance.path_known(conn, orphan.key):
-                    continue
+        for key in candidates:
             try:
-                await asyncio.to_thread(self._store.delete, orphan.key)
-                removed += 1
+                await asyncio.to_thread(self._store.delete, key)
+                removed += key in listed_keys
             except StorageError as exc:
-                failures.append(f"{orphan.key}: {exc.error_code}")
+                failures.append(f"{key}: {exc.error_code}")
         metrics.GC_FILES_DELETED.labels("orphan").inc(removed)
         return removed
-
-    async def _bus_cleanup(self, tenant_id: TenantId, dry_run: bool) -> int:
-        async with self._pool.connection() as conn:
-            return await maintenance.delete_committed_events(
-                conn, tenant_id, self.policy.idempotency_window, dry_run=dry_run
-            )

@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from duckmesh.catalog.db import CatalogPool
@@ -30,10 +31,10 @@ class MaintenanceIntervals:
 class MaintenanceService:
     def __init__(
         self, pool: CatalogPool, store: ObjectStore, compaction: CompactionPolicy, retention: RetentionPolicy,
-        owner: str,
+        owner: str, scratch_dir: Path | None = None,
     ) -> None:
         self._pool = pool
-        self.compactor = Compactor(pool, store, compaction, owner)
+        self.compactor = Compactor(pool, store, compaction, owner, scratch_dir)
         self.retention = RetentionRunner(pool, store, retention, owner)
         self.integrity = IntegrityValidator(pool, store, owner)
 

@@ -5,16 +5,23 @@ tenant, snapshot id and watermark), keeps the latest head per tenant in memory a
 waiters; each waiter checks the in-memory head, so waiting costs no catalog query per request.
 A slow poll (one head read per waiter per ``poll_interval``) is the safety net for a missed
 notification.
+
+A query waits only for the tables it reads: when the tenant watermark is behind the token (say a
+backfill reservation on another table is pending), the per-table watermarks of the head snapshot
+decide — read once per snapshot per process, shared by every waiter.
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
+from collections.abc import Collection
 from dataclasses import dataclass
 
+from duckmesh.catalog import snapshots
 from duckmesh.catalog.db import CatalogPool
 from duckmesh.catalog.notify import SNAPSHOT_CHANNEL, Listener
-from duckmesh.domain import SnapshotId, TenantId, VisibilityToken
+from duckmesh.domain import SnapshotId, TableId, TenantId, VisibilityToken
 from duckmesh.errors import ConsistencyTimeout, TenantNotFound, VisibilityTokenInvalid
 from duckmesh.observability import metrics
 
@@ -32,6 +39,7 @@ class VisibilityBarrier:
         self._heads: dict[TenantId, tuple[SnapshotId, VisibilityToken]] = {}
         self._listener = Listener(dsn, (SNAPSHOT_CHANNEL,), self._on_publication)
         self._poll_interval = poll_interval
+        self._table_marks: OrderedDict[SnapshotId, dict[TableId, VisibilityToken]] = OrderedDict()
 
     async def start(self) -> None:
         await self._listener.start()
@@ -65,9 +73,29 @@ class VisibilityBarrier:
             self._remember(tenant_id, SnapshotId(row["head_snapshot_id"]), VisibilityToken(row["max_visibility_token"]))
         return row["head_snapshot_id"], VisibilityToken(row["max_visibility_token"]), int(row["issued"])
 
-    async def wait(self, tenant_id: TenantId, token: int, timeout: float) -> VisibleHead:
-        """Return the head once its watermark is >= ``token``; raise ConsistencyTimeout after
-        ``timeout`` seconds, VisibilityTokenInvalid for a token never issued to the tenant."""
+    async def _covered(
+        self, snapshot_id: SnapshotId | None, watermark: VisibilityToken, token: int, tables: Collection[TableId]
+    ) -> bool:
+        """Whether the head covers ``token`` for the tables read: the tenant watermark, else (when
+        tables are named) each table's watermark in that snapshot."""
+        if watermark >= token:
+            return True
+        if not tables or snapshot_id is None:
+            return False
+        marks = self._table_marks.get(snapshot_id)
+        if marks is None:
+            async with self._pool.connection() as conn:
+                marks = self._table_marks[snapshot_id] = await snapshots.table_watermarks(conn, snapshot_id)
+            while len(self._table_marks) > 256:
+                self._table_marks.popitem(last=False)
+        return all(marks.get(table_id, watermark) >= token for table_id in tables)
+
+    async def wait(
+        self, tenant_id: TenantId, token: int, timeout: float, tables: Collection[TableId] = ()
+    ) -> VisibleHead:
+        """Return the head once it covers ``token`` for ``tables`` (all of the tenant when none are
+        named); raise ConsistencyTimeout after ``timeout`` seconds, VisibilityTokenInvalid for a
+        token never issued to the tenant."""
         started = time.monotonic()
         snapshot_id, watermark, issued = await self._read_head(tenant_id)
         if token < 1 or token > issued:
@@ -77,7 +105,7 @@ class VisibilityBarrier:
         deadline = started + timeout
         next_poll = started + self._poll_interval
         generation = self._listener.generation
-        while watermark < token:
+        while not await self._covered(snapshot_id, watermark, token, tables):
             now = time.monotonic()
             if now >= deadline:
                 metrics.CONSISTENCY_TIMEOUTS.labels(str(tenant_id)).inc()
@@ -88,17 +116,19 @@ class VisibilityBarrier:
                 )
             generation = await self._listener.wait(generation, min(deadline, next_poll) - now)
             known = self._heads.get(tenant_id)
-            if known is not None and known[1] > watermark:
+            if known is not None and (snapshot_id is None or known[0] > snapshot_id):
                 snapshot_id, watermark = known
-            if watermark < token and time.monotonic() >= next_poll:
+            if time.monotonic() >= next_poll:
                 snapshot_id, watermark, _ = await self._read_head(tenant_id)
                 next_poll = time.monotonic() + self._poll_interval
         waited = time.monotonic() - started
         metrics.BARRIER_WAIT.observe(waited)
         return VisibleHead(snapshot_id, watermark, waited * 1000)
 
-    async def wait_for_ingest(self, tenant_id: TenantId, token: VisibilityToken, timeout: float) -> SnapshotId:
-        head = await self.wait(tenant_id, token, timeout)
+    async def wait_for_ingest(
+        self, tenant_id: TenantId, table_id: TableId, token: VisibilityToken, timeout: float
+    ) -> SnapshotId:
+        head = await self.wait(tenant_id, token, timeout, (table_id,))
         assert head.snapshot_id is not None
         return head.snapshot_id
 

@@ -12,6 +12,7 @@ the same snapshot skip rebinding.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections import OrderedDict
@@ -23,26 +24,41 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from duckmesh.domain import OP_COLUMN, TOKEN_COLUMN, TenantId
-from duckmesh.errors import QueryInvalid, QueryResourceLimit, QueryTimeout, SqlNotAllowed
-from duckmesh.schema import TableSchema, duckdb_type
+from duckmesh.domain import TenantId
+from duckmesh.errors import (
+    DataFileMissing,
+    ObjectNotFound,
+    QueryInvalid,
+    QueryResourceLimit,
+    QueryTimeout,
+    SqlNotAllowed,
+)
+from duckmesh.merge import FileGroup, literal, quote, view_sql
+from duckmesh.schema import TableSchema
 from duckmesh.storage.cache import FileCache
 
 
 @dataclass(frozen=True)
 class BoundTable:
-    """A table as a snapshot sees it: its schema, the exact live data files, and the distinct
-    schemas those files were written with (older versions are read as ``schema``)."""
+    """A table as a snapshot sees it: its schema and the exact live data files, grouped by the
+    schema version they were written with (older versions are read as ``schema``)."""
 
     name: str
     schema: TableSchema
-    files: tuple[str, ...]
+    groups: tuple[FileGroup, ...] = ()
     file_bytes: int = 0
-    file_schemas: tuple[TableSchema, ...] = ()
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return tuple(path for group in self.groups for path in group.paths)
+
+    @property
+    def file_count(self) -> int:
+        return sum(len(group.paths) for group in self.groups)
 
     @property
     def binding_key(self) -> tuple[Any, ...]:
-        return (self.schema, self.files)
+        return (self.schema, self.groups)
 
 
 @dataclass
@@ -58,53 +74,6 @@ class _Cursor:
     bound: dict[str, tuple[Any, ...]] = field(default_factory=dict)
 
 
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _projection(table: BoundTable) -> str:
-    """Every current column: as stored, cast from an older (narrower) type, or NULL when no
-    file was written with it yet; JSON text typed as JSON."""
-    written = table.file_schemas or (table.schema,)
-    parts = []
-    for column in table.schema.columns:
-        stored = {s.by_name[column.name].type for s in written if column.name in s.by_name}
-        target = duckdb_type(column.type)
-        name = _quote(column.name)
-        if not stored:
-            parts.append(f"CAST(NULL AS {target}) AS {name}")
-        elif stored != {column.type} or column.type == "json":
-            parts.append(f"CAST({name} AS {target}) AS {name}")
-        else:
-            parts.append(name)
-    return ", ".join(parts)
-
-
-def view_sql(table: BoundTable, paths: Sequence[str]) -> str:
-    """The SELECT a table's view runs: user columns only, keyed tables resolved on read."""
-    columns = table.schema.columns
-    if not paths:
-        empty = ", ".join(f"CAST(NULL AS {duckdb_type(c.type)}) AS {_quote(c.name)}" for c in columns)
-        return f"SELECT {empty} WHERE false"
-    mixed = len(set(table.file_schemas)) > 1
-    options = "hive_partitioning = false" + (", union_by_name = true" if mixed else "")
-    source = f"read_parquet([{', '.join(_literal(p) for p in paths)}], {options})"
-    projection = _projection(table)
-    if not table.schema.keyed:
-        return f"SELECT {projection} FROM {source}"
-    keys = ", ".join(_quote(k) for k in table.schema.primary_key)
-    # Merge on read: per key the version with the highest token wins; a winning delete hides the key.
-    return (
-        f"SELECT {projection} FROM {source}"
-        f" QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {TOKEN_COLUMN} DESC) = 1"
-        f" AND {OP_COLUMN} <> 'delete'"
-    )
-
-
 class _TenantDatabase:
     def __init__(
         self, allowed_directory: str, temp_directory: str, memory_limit: str, threads: int, cursors: int
@@ -117,7 +86,7 @@ class _TenantDatabase:
             "autoinstall_known_extensions": False,
             "autoload_known_extensions": False,
         })
-        self.database.execute(f"SET allowed_directories = [{_literal(allowed_directory)}]")
+        self.database.execute(f"SET allowed_directories = [{literal(allowed_directory)}]")
         self.database.execute("SET enable_external_access = false")
         self.database.execute("SET lock_configuration = true")
         self._idle: queue.SimpleQueue[_Cursor] = queue.SimpleQueue()
@@ -171,7 +140,7 @@ class QueryEngine:
     ) -> EngineResult:
         """Run checked SQL over the bound tables; blocking (call it from a worker thread)."""
         keys = [key for table in tables for key in table.files]
-        with self.cache.files(keys) as local_paths, self._database(tenant_id).cursor() as cursor:
+        with self._local_files(tables, keys) as local_paths, self._database(tenant_id).cursor() as cursor:
             paths = dict(zip(keys, local_paths, strict=True))
             self._bind(cursor, tables, paths)
             timer = threading.Timer(timeout, cursor.connection.interrupt)
@@ -200,6 +169,9 @@ class QueryEngine:
                 raise QueryResourceLimit("the query needs more memory than its limit") from None
             except duckdb.PermissionException:
                 raise SqlNotAllowed("the query tried to access something outside its tables") from None
+            except duckdb.IOException as exc:
+                _raise_if_missing(tables, paths)
+                raise QueryInvalid(_first_line(exc)) from None
             except duckdb.Error as exc:
                 raise QueryInvalid(_first_line(exc)) from None
             finally:
@@ -207,13 +179,39 @@ class QueryEngine:
         truncated = table.num_rows > row_limit
         return EngineResult(columns, table.slice(0, row_limit) if truncated else table, truncated)
 
+    @contextmanager
+    def _local_files(self, tables: Sequence[BoundTable], keys: list[str]) -> Iterator[list[str]]:
+        try:
+            with self.cache.files(keys) as local_paths:
+                yield local_paths
+        except ObjectNotFound as exc:
+            key = str(exc.context.get("key", ""))
+            raise _missing(tables, key) from None
+
     def _bind(self, cursor: _Cursor, tables: Sequence[BoundTable], paths: dict[str, str]) -> None:
         for table in tables:
             if cursor.bound.get(table.name) == table.binding_key:
                 continue
-            sql = view_sql(table, [paths[key] for key in table.files])
-            cursor.connection.execute(f"CREATE OR REPLACE TEMP VIEW {_quote(table.name)} AS {sql}")
+            groups = [FileGroup(g.written, tuple(paths[key] for key in g.paths)) for g in table.groups]
+            sql = view_sql(table.schema, groups)
+            cursor.connection.execute(f"CREATE OR REPLACE TEMP VIEW {quote(table.name)} AS {sql}")
             cursor.bound[table.name] = table.binding_key
+
+
+def _missing(tables: Sequence[BoundTable], key: str) -> DataFileMissing:
+    table = next((t.name for t in tables if key in t.files), "?")
+    return DataFileMissing(
+        f"a data file of table {table!r} is missing from the object store; run an integrity check"
+        " (POST /v1/integrity/run) and see the operations runbook",
+        table=table, path=key,
+    )
+
+
+def _raise_if_missing(tables: Sequence[BoundTable], paths: dict[str, str]) -> None:
+    """A DuckDB I/O error over a bound file that is gone is DATA_FILE_MISSING, not a query error."""
+    for key, local in paths.items():
+        if not os.path.exists(local):
+            raise _missing(tables, key) from None
 
 
 def _first_line(exc: Exception) -> str:

@@ -14,21 +14,23 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from duckmesh.catalog import snapshots, tables
+from duckmesh.catalog import snapshots, tables, tokens
 from duckmesh.catalog.db import CatalogPool
-from duckmesh.catalog.snapshots import DataFile
-from duckmesh.catalog.tables import TableDef
+from duckmesh.catalog.snapshots import DataFile, Snapshot
+from duckmesh.catalog.tables import PinnedTable
 from duckmesh.catalog.tenants import Principal
 from duckmesh.domain import SnapshotId, TableId, TenantId
 from duckmesh.errors import (
     DuckMeshError,
     QueryConcurrencyLimit,
     RequestInvalid,
+    SnapshotNotFound,
     SnapshotSelectorConflict,
     SqlRequired,
     TokenScopeMismatch,
     VisibilityTokenInvalid,
 )
+from duckmesh.merge import FileGroup
 from duckmesh.observability import metrics
 from duckmesh.query import sandbox
 from duckmesh.query.barrier import VisibilityBarrier
@@ -68,6 +70,15 @@ class QueryOutcome:
     scanned_bytes: int
 
 
+@dataclass(frozen=True)
+class _Leased:
+    """A snapshot the query reads, leased so retention keeps it (and GC its files) until release."""
+
+    resolved: ResolvedSnapshot
+    tables: dict[str, PinnedTable]
+    lease_id: int | None
+
+
 class QueryService:
     def __init__(self, pool: CatalogPool, engine: QueryEngine, barrier: VisibilityBarrier, limits: QueryLimits) -> None:
         self._pool = pool
@@ -77,21 +88,63 @@ class QueryService:
         self._slots = asyncio.Semaphore(limits.max_concurrency)
         self._owner = f"{socket.gethostname()}:{os.getpid()}"
         self._file_sets: OrderedDict[tuple[TenantId, SnapshotId], list[DataFile]] = OrderedDict()
+        self._pinned: OrderedDict[tuple[TenantId, SnapshotId], dict[str, PinnedTable]] = OrderedDict()
         self._schemas: dict[tuple[TableId, int], TableSchema] = {}
+        self._background: set[asyncio.Task[None]] = set()
 
-    async def resolve(self, tenant_id: TenantId, request: QueryRequest) -> ResolvedSnapshot:
+    async def _snapshot_tables(self, tenant_id: TenantId, snapshot_id: SnapshotId | None) -> dict[str, PinnedTable]:
+        """The tables a snapshot pins (name -> table at its pinned schema version, watermark).
+        Immutable per snapshot id: cached per process."""
+        if snapshot_id is None:
+            return {}
+        key = (tenant_id, snapshot_id)
+        cached = self._pinned.get(key)
+        if cached is None:
+            async with self._pool.connection() as conn:
+                found = await tables.tables_of_snapshot(conn, tenant_id, snapshot_id)
+            cached = self._pinned[key] = {p.table.table_name: p for p in found}
+            while len(self._pinned) > _FILE_SET_CACHE:
+                self._pinned.popitem(last=False)
+        else:
+            self._pinned.move_to_end(key)
+        return cached
+
+    async def resolve(self, tenant_id: TenantId, request: QueryRequest) -> _Leased:
+        """The snapshot the query reads, leased: named by id or time, or the head — after waiting
+        until the tables the SQL reads are visible up to ``min_visibility_token``."""
         if request.snapshot_id is not None and request.snapshot_time is not None:
             raise SnapshotSelectorConflict("give snapshot_id or snapshot_time, not both")
         token = request.min_visibility_token
-        if request.snapshot_id is None and request.snapshot_time is None:
-            if token is not None:
-                timeout = min(request.consistency_timeout_ms / 1000, self.limits.max_consistency_timeout)
-                head = await self._barrier.wait(tenant_id, token, timeout)
-                created = await self._created_at(tenant_id, head.snapshot_id)
-                return ResolvedSnapshot(head.snapshot_id, created, head.watermark, head.waited_ms, False)
+        if request.snapshot_id is not None or request.snapshot_time is not None:
+            return await self._resolve_named(tenant_id, request, token)
+        for _ in range(5):
+            try:
+                return await self._resolve_head(tenant_id, request, token)
+            except SnapshotNotFound:
+                continue  # the head moved on and that snapshot was expired meanwhile: read the new head
+        raise QueryConcurrencyLimit("the snapshot head moved too fast to lease; retry", retry_after_s=1)
+
+    async def _resolve_head(self, tenant_id: TenantId, request: QueryRequest, token: int | None) -> _Leased:
+        wait_ms = 0.0
+        if token is None:
             async with self._pool.connection() as conn:
-                latest, created = await snapshots.head_with_time(conn, tenant_id)
-            return ResolvedSnapshot(latest.snapshot_id, created, latest.max_visibility_token, 0.0, False)
+                leased = await snapshots.lease_head(conn, tenant_id, self._owner, self.limits.timeout + 60)
+        else:
+            async with self._pool.connection() as conn:
+                current = await snapshots.head(conn, tenant_id)
+            pinned = await self._snapshot_tables(tenant_id, current.snapshot_id)
+            wanted = self._read_table_ids(request.sql or "", pinned)
+            timeout = min(request.consistency_timeout_ms / 1000, self.limits.max_consistency_timeout)
+            visible = await self._barrier.wait(tenant_id, token, timeout, wanted)
+            wait_ms = visible.waited_ms
+            leased = None if visible.snapshot_id is None else await self._lease(tenant_id, visible.snapshot_id)
+        if leased is None:
+            return _Leased(ResolvedSnapshot(None, None, 0, wait_ms, False), {}, None)
+        lease_id, found = leased
+        resolved = ResolvedSnapshot(found.snapshot_id, found.created_at, found.max_visibility_token, wait_ms, False)
+        return _Leased(resolved, await self._snapshot_tables(tenant_id, found.snapshot_id), lease_id)
+
+    async def _resolve_named(self, tenant_id: TenantId, request: QueryRequest, token: int | None) -> _Leased:
         async with self._pool.connection() as conn:
             if request.snapshot_id is not None:
                 found = await snapshots.get_snapshot(conn, tenant_id, request.snapshot_id)
@@ -101,19 +154,52 @@ class QueryService:
                 except ValueError as exc:
                     raise RequestInvalid(f"snapshot_time: {exc}") from None
                 found = await snapshots.snapshot_at(conn, tenant_id, moment)
-            if token is not None:
-                issued = await snapshots.issued_token(conn, tenant_id)
-                if token < 1 or token > issued:
-                    raise VisibilityTokenInvalid(
-                        "the token was never issued to this tenant", min_visibility_token=token
-                    )
-                if found.max_visibility_token < token:
-                    raise TokenScopeMismatch(
-                        "the chosen snapshot does not cover the requested token",
-                        snapshot_id=found.snapshot_id, snapshot_watermark=found.max_visibility_token,
-                        min_visibility_token=token,
-                    )
-        return ResolvedSnapshot(found.snapshot_id, found.created_at, found.max_visibility_token, 0.0, True)
+            issued = await tokens.issued_token(conn, tenant_id) if token is not None else 0
+        pinned = await self._snapshot_tables(tenant_id, found.snapshot_id)
+        if token is not None:
+            if token < 1 or token > issued:
+                raise VisibilityTokenInvalid("the token was never issued to this tenant", min_visibility_token=token)
+            wanted = self._read_table_ids(request.sql or "", pinned)
+            marks = [p.watermark for p in pinned.values() if p.table.table_id in wanted] or [found.max_visibility_token]
+            if min(marks) < token:
+                raise TokenScopeMismatch(
+                    "the chosen snapshot does not cover the requested token",
+                    snapshot_id=found.snapshot_id, snapshot_watermark=min(marks), min_visibility_token=token,
+                )
+        # Lease, then read on: either retention sees the lease and keeps the snapshot, or it expired
+        # the snapshot first and this answers 404 (a query never reads files GC may be deleting).
+        lease_id, found = await self._lease(tenant_id, found.snapshot_id)
+        resolved = ResolvedSnapshot(found.snapshot_id, found.created_at, found.max_visibility_token, 0.0, True)
+        return _Leased(resolved, pinned, lease_id)
+
+    @staticmethod
+    def _read_table_ids(sql: str, pinned: dict[str, PinnedTable]) -> frozenset[TableId]:
+        """The tables the SQL reads (empty when it names none of the snapshot's tables)."""
+        try:
+            names = sandbox.check(sql, pinned).tables
+        except DuckMeshError:
+            return frozenset()  # the real check after resolution reports the error
+        return frozenset(pinned[name].table.table_id for name in names if name in pinned)
+
+    async def _lease(self, tenant_id: TenantId, snapshot_id: SnapshotId) -> tuple[int, Snapshot]:
+        async with self._pool.connection() as conn:
+            return await snapshots.acquire_lease(conn, tenant_id, snapshot_id, self._owner, self.limits.timeout + 60)
+
+    def _release(self, lease_id: int | None) -> None:
+        """Release a query's snapshot lease off the request path (it also expires on its own)."""
+        if lease_id is None:
+            return
+
+        async def release() -> None:
+            try:
+                async with self._pool.connection() as conn:
+                    await snapshots.release_leases(conn, [lease_id])
+            except DuckMeshError:
+                log.warning("snapshot_lease_release_failed", extra={"lease_id": lease_id})
+
+        task = asyncio.create_task(release())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _live_files(self, tenant_id: TenantId, snapshot_id: SnapshotId | None) -> list[DataFile]:
         """A snapshot's file set never changes while it is retained: cache it per process."""
@@ -139,25 +225,10 @@ class QueryService:
                 self._schemas.update(await tables.schemas_by_version(conn, sorted({t for t, _ in missing})))
         return {key: self._schemas[key] for key in wanted}
 
-    async def _created_at(self, tenant_id: TenantId, snapshot_id: SnapshotId | None) -> datetime | None:
-        if snapshot_id is None:
-            return None
-        async with self._pool.connection() as conn:
-            return (await snapshots.get_snapshot(conn, tenant_id, snapshot_id)).created_at
-
-    async def _tables(self, tenant_id: TenantId, resolved: ResolvedSnapshot) -> dict[str, TableDef]:
-        """The tenant's tables as the snapshot sees them (time travel: as they were then)."""
-        async with self._pool.connection() as conn:
-            if resolved.pinned_by_request and resolved.created_at is not None:
-                found = await tables.tables_at(conn, tenant_id, resolved.created_at)
-            else:
-                found = await tables.list_tables(conn, tenant_id)
-        return {t.table_name: t for t in found}
-
     async def _bind(
-        self, tenant_id: TenantId, snapshot_id: SnapshotId | None, defs: dict[str, TableDef], names: frozenset[str]
+        self, tenant_id: TenantId, snapshot_id: SnapshotId | None, defs: dict[str, PinnedTable], names: frozenset[str]
     ) -> list[BoundTable]:
-        used = {name: table for name, table in defs.items() if name in names}
+        used = {name: pinned.table for name, pinned in defs.items() if name in names}
         files = await self._live_files(tenant_id, snapshot_id)
         versions = await self._schema_versions(
             {(t.table_id, f.schema_version) for t in used.values() for f in files if f.table_id == t.table_id}
@@ -165,10 +236,12 @@ class QueryService:
         bound = []
         for name, table in sorted(used.items()):
             mine = [f for f in files if f.table_id == table.table_id]
-            written = tuple(dict.fromkeys(versions[(table.table_id, f.schema_version)] for f in mine))
-            bound.append(BoundTable(
-                name, table.schema, tuple(f.path for f in mine), sum(f.file_size_bytes for f in mine), written,
-            ))
+            by_version: dict[int, list[str]] = {}
+            for data_file in mine:
+                by_version.setdefault(data_file.schema_version, []).append(data_file.path)
+            groups = tuple(FileGroup(versions[(table.table_id, version)], tuple(paths))
+                           for version, paths in sorted(by_version.items()))
+            bound.append(BoundTable(name, table.schema, groups, sum(f.file_size_bytes for f in mine)))
         return bound
 
     async def execute(self, principal: Principal, request: QueryRequest, trace_id: str | None) -> QueryOutcome:
@@ -193,35 +266,18 @@ class QueryService:
         if not request.sql or not request.sql.strip():
             raise SqlRequired("the request has no sql")
         row_limit = min(request.row_limit or self.limits.default_row_limit, self.limits.max_row_limit)
-        resolved = await self.resolve(tenant_id, request)
-        lease_id = None
-        if resolved.pinned_by_request and resolved.snapshot_id is not None:
-            # Lease first, then re-check: either retention sees the lease and keeps the snapshot,
-            # or it expired the snapshot before the lease and the query answers 404 (never
-            # reads files GC may be deleting).
-            async with self._pool.connection() as conn:
-                lease_id = await snapshots.acquire_lease(
-                    conn, tenant_id, resolved.snapshot_id, self._owner, self.limits.timeout + 60
-                )
-                try:
-                    await snapshots.get_snapshot(conn, tenant_id, resolved.snapshot_id, lock=True)
-                except DuckMeshError:
-                    await snapshots.release_lease(conn, lease_id)
-                    raise
+        leased = await self.resolve(tenant_id, request)
         try:
-            defs = await self._tables(tenant_id, resolved)
-            checked = sandbox.check(request.sql, defs)
-            bound = await self._bind(tenant_id, resolved.snapshot_id, defs, checked.tables)
+            checked = sandbox.check(request.sql, leased.tables)
+            bound = await self._bind(tenant_id, leased.resolved.snapshot_id, leased.tables, checked.tables)
             result = await self._run(tenant_id, bound, checked.sql, request.params, row_limit)
         finally:
-            if lease_id is not None:
-                async with self._pool.connection() as conn:
-                    await snapshots.release_lease(conn, lease_id)
-        files = sum(len(t.files) for t in bound)
+            self._release(leased.lease_id)
+        files = sum(t.file_count for t in bound)
         size = sum(t.file_bytes for t in bound)
         metrics.QUERY_SCANNED_FILES.observe(files)
         metrics.QUERY_SCANNED_BYTES.observe(size)
-        return QueryOutcome(result, resolved, (time.perf_counter() - started) * 1000, files, size)
+        return QueryOutcome(result, leased.resolved, (time.perf_counter() - started) * 1000, files, size)
 
     async def _run(
         self, tenant_id: TenantId, bound: list[BoundTable], sql: str, params: Any, row_limit: int

@@ -5,16 +5,17 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, Query, Request
 
 from duckmesh.api.auth import require
 from duckmesh.api.context import AppContext
+from duckmesh.api.routing import api_router
 from duckmesh.catalog import audit
 from duckmesh.catalog.tenants import Principal
 from duckmesh.domain import Role
 from duckmesh.observability.logging import trace_id_var
 
-router = APIRouter(tags=["tables"])
+router = api_router("tables")
 Admin = Annotated[Principal, Depends(require(Role.TABLE_ADMIN))]
 _PARQUET_TYPES = ("application/vnd.apache.parquet", "application/x-parquet", "application/octet-stream")
 

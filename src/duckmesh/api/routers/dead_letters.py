@@ -2,18 +2,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from duckmesh.api.auth import require
 from duckmesh.api.context import AppContext
-from duckmesh.bus.operations import dead_letters, replay_dead_letters
+from duckmesh.api.routing import api_router
+from duckmesh.bus.dead_letters import dead_letters, replay_dead_letters
 from duckmesh.catalog import audit
 from duckmesh.catalog.tenants import Principal
 from duckmesh.domain import Role
 from duckmesh.observability.logging import trace_id_var
 
-router = APIRouter(tags=["operations"])
+router = api_router("operations")
 Ops = Annotated[Principal, Depends(require(Role.OPS_ADMIN))]
 
 

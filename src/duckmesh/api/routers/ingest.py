@@ -2,16 +2,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 
 from duckmesh.api.auth import require
 from duckmesh.api.context import AppContext
+from duckmesh.api.routing import api_router
 from duckmesh.catalog.tenants import Principal
 from duckmesh.domain import Role
 from duckmesh.ingest.models import IngestReceipt, IngestRequest
 from duckmesh.observability.logging import trace_id_var
 
-router = APIRouter(tags=["ingest"])
+router = api_router("ingest")
 Writer = Annotated[Principal, Depends(require(Role.INGEST_WRITER))]
 
 

@@ -3,18 +3,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 from pydantic import BaseModel, ConfigDict
 
 from duckmesh.api.auth import require
 from duckmesh.api.context import AppContext
+from duckmesh.api.routing import api_router
 from duckmesh.catalog import audit, maintenance, tables
 from duckmesh.catalog.tenants import Principal
 from duckmesh.domain import Role
 from duckmesh.errors import RequestInvalid
 from duckmesh.observability.logging import trace_id_var
 
-router = APIRouter(tags=["operations"])
+router = api_router("operations")
 Ops = Annotated[Principal, Depends(require(Role.OPS_ADMIN))]
 
 

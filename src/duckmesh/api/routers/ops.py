@@ -3,18 +3,19 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, Query, Request
 from starlette.responses import Response
 
 from duckmesh.api.auth import require
 from duckmesh.api.context import AppContext
+from duckmesh.api.routing import api_router
 from duckmesh.catalog import audit, migrate, snapshots
 from duckmesh.catalog.tenants import Principal
 from duckmesh.domain import Role
 from duckmesh.errors import NotReady
 from duckmesh.observability import metrics
 
-router = APIRouter(tags=["operations"])
+router = api_router("operations")
 Ops = Annotated[Principal, Depends(require(Role.OPS_ADMIN))]
 
 

@@ -7,11 +7,12 @@ from typing import Annotated, Any, Literal
 import orjson
 import pyarrow as pa
 import pyarrow.csv as pa_csv
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, Query, Request
 from starlette.responses import Response, StreamingResponse
 
 from duckmesh.api.auth import require
 from duckmesh.api.context import AppContext
+from duckmesh.api.routing import api_router
 from duckmesh.catalog.tenants import Principal
 from duckmesh.domain import Role
 from duckmesh.observability.logging import trace_id_var
@@ -19,7 +20,7 @@ from duckmesh.query.encode import encode_rows
 from duckmesh.query.models import QueryRequest, QueryResponse
 from duckmesh.query.service import QueryOutcome
 
-router = APIRouter(tags=["query"])
+router = api_router("query")
 Reader = Annotated[Principal, Depends(require(Role.QUERY_READER))]
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 _CHUNK_ROWS = 10_000

@@ -2,19 +2,20 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, Query, Request
 from pydantic import BaseModel, ConfigDict
 
+from duckmesh.api import audit
 from duckmesh.api.auth import require
 from duckmesh.api.context import AppContext
-from duckmesh.catalog import audit, snapshots, tables
+from duckmesh.api.routing import api_router
+from duckmesh.catalog import snapshots, tables
 from duckmesh.catalog.snapshots import Snapshot
 from duckmesh.catalog.tenants import Principal
 from duckmesh.domain import Role, TenantId
-from duckmesh.ingest.restore import restore_snapshot
-from duckmesh.observability.logging import trace_id_var
+from duckmesh.tables.restore import restore_snapshot
 
-router = APIRouter(tags=["snapshots"])
+router = api_router("snapshots")
 Reader = Annotated[Principal, Depends(require(Role.QUERY_READER, Role.TABLE_ADMIN, Role.OPS_ADMIN))]
 Ops = Annotated[Principal, Depends(require(Role.OPS_ADMIN))]
 
@@ -77,8 +78,8 @@ async def get_snapshot(snapshot_id: int, principal: Reader, request: Request) ->
 @router.post("/v1/snapshots/restore", status_code=201, responses={401: {}, 403: {}, 404: {}})
 async def restore(body: RestoreRequest, principal: Ops, request: Request) -> dict[str, Any]:
     ctx: AppContext = request.app.state.ctx
-    created = await restore_snapshot(ctx.pool, principal.tenant_id, body.snapshot_id, principal.key_id or "api")
-    async with ctx.pool.connection() as conn:
-        await audit.record(conn, principal, "snapshot.restore", "snapshot", str(body.snapshot_id),
-                           {"new_snapshot_id": created.snapshot_id}, trace_id_var.get())
+    created = await restore_snapshot(
+        ctx.pool, principal.tenant_id, body.snapshot_id, audit.created_by(principal),
+        audit.entry(principal, "snapshot.restore", "snapshot", str(body.snapshot_id)),
+    )
     return (await _describe(ctx, principal.tenant_id, [created]))[0]

@@ -2,20 +2,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from duckmesh.api import audit
 from duckmesh.api.auth import require
 from duckmesh.api.context import AppContext
-from duckmesh.catalog import audit, tables
+from duckmesh.api.routing import api_router
+from duckmesh.catalog import tables
 from duckmesh.catalog.tenants import Principal
 from duckmesh.domain import Role
 from duckmesh.errors import ValidationFailed
-from duckmesh.ingest import lifecycle
-from duckmesh.observability.logging import trace_id_var
 from duckmesh.schema import NAME_PATTERN, CompatibilityMode, SchemaError, TableSchema
+from duckmesh.tables import lifecycle
 
-router = APIRouter(tags=["tables"])
+router = api_router("tables")
 Admin = Annotated[Principal, Depends(require(Role.TABLE_ADMIN))]
 Reader = Annotated[Principal, Depends(require(Role.TABLE_ADMIN, Role.QUERY_READER))]
 
@@ -64,10 +65,10 @@ async def create_table(body: CreateTable, principal: Admin, request: Request) ->
         schema = TableSchema.build([c.model_dump() for c in body.columns], body.primary_key, body.partition_by)
     except SchemaError as exc:
         raise ValidationFailed(str(exc), table=body.table_name) from None
-    async with ctx.pool.connection() as conn:
-        table = await tables.create_table(conn, principal.tenant_id, body.table_name, schema, body.compatibility_mode)
-        await audit.record(conn, principal, "table.create", "table", str(table.table_id),
-                           {"table_name": table.table_name}, trace_id_var.get())
+    table = await lifecycle.create_table(
+        ctx.pool, principal.tenant_id, body.table_name, schema, body.compatibility_mode, audit.created_by(principal),
+        audit.entry(principal, "table.create", "table", body.table_name, {"table_name": body.table_name}),
+    )
     return table.to_info()
 
 
@@ -105,11 +106,10 @@ class DroppedTable(BaseModel):
 async def alter_table(table: str, body: AlterTable, principal: Admin, request: Request) -> dict[str, Any]:
     ctx: AppContext = request.app.state.ctx
     altered = await lifecycle.alter_table(
-        ctx.pool, principal.tenant_id, table, [c.model_dump() for c in body.columns], body.compatibility_mode
+        ctx.pool, principal.tenant_id, table, [c.model_dump() for c in body.columns], body.compatibility_mode,
+        audit.created_by(principal),
+        audit.entry(principal, "table.alter", "table", table, {"table_name": table}),
     )
-    async with ctx.pool.connection() as conn:
-        await audit.record(conn, principal, "table.alter", "table", str(altered.table_id),
-                           {"table_name": table, "schema_version": altered.schema_version}, trace_id_var.get())
     return altered.to_info()
 
 
@@ -126,10 +126,8 @@ async def table_schemas(table: str, principal: Reader, request: Request) -> dict
 @router.delete("/v1/tables/{table}", response_model=DroppedTable, responses={401: {}, 403: {}, 404: {}})
 async def drop_table(table: str, principal: Admin, request: Request) -> dict[str, Any]:
     ctx: AppContext = request.app.state.ctx
-    async with ctx.pool.connection() as conn:
-        found = await tables.get_table(conn, principal.tenant_id, table)
-    snapshot = await lifecycle.drop_table(ctx.pool, ctx.bus, principal.tenant_id, table, principal.key_id or "api")
-    async with ctx.pool.connection() as conn:
-        await audit.record(conn, principal, "table.drop", "table", str(found.table_id),
-                           {"table_name": table, "snapshot_id": snapshot.snapshot_id}, trace_id_var.get())
+    found, snapshot = await lifecycle.drop_table(
+        ctx.pool, ctx.bus, principal.tenant_id, table, audit.created_by(principal),
+        audit.entry(principal, "table.drop", "table", table, {"table_name": table}),
+    )
     return {"table_id": found.table_id, "table_name": table, "dropped": True, "snapshot_id": snapshot.snapshot_id}

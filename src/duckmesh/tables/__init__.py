@@ -1,0 +1,1 @@
+"""Table lifecycle (create, alter, drop) and snapshot restore: each one commit of its own."""
