@@ -97,3 +97,21 @@ async def query_ok(client: httpx.AsyncClient, headers: dict[str, str], sql: str,
 
 async def post_query(client: httpx.AsyncClient, headers: dict[str, str], sql: str, **extra: Any) -> httpx.Response:
     return await client.post("/v1/query", headers=headers, json={"sql": sql, **extra})
+
+
+async def wait_until_blocked(pool: CatalogPool, count: int = 1, timeout: float = 10.0) -> None:
+    """Wait until ``count`` sessions of this database wait on a lock (a forced interleaving: the
+    test holds a lock in its own transaction and checks that the operation under test waits)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        async with pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock'"
+            )
+            row = await cur.fetchone()
+        if row is not None and row["n"] >= count:
+            return
+        assert loop.time() < deadline, "the operation never waited on the lock"
+        await asyncio.sleep(0.02)

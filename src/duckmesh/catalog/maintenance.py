@@ -89,13 +89,17 @@ async def finish_run(conn: AsyncConn, kind: str, run_id: int, status: str, summa
 async def pin(
     conn: AsyncConn, tenant_id: TenantId, snapshot_id: int, reason: str, created_by: str, expires_at: datetime | None
 ) -> dict[str, Any]:
+    # The snapshot row is share-locked: an expiry in flight (which locks it for update) either
+    # finishes first — then the snapshot is expired and this is a 404 — or waits for the pin and
+    # then sees it (expiry re-checks pins in a fresh statement).
     cur = await conn.execute(
-        "INSERT INTO snapshot_pin (snapshot_id, tenant_id, reason, created_by, expires_at)"
-        " SELECT s.snapshot_id, s.tenant_id, %s, %s, %s FROM snapshot s"
-        " WHERE s.snapshot_id = %s AND s.tenant_id = %s AND s.expired_at IS NULL"
+        "WITH s AS (SELECT snapshot_id, tenant_id FROM snapshot"
+        "   WHERE snapshot_id = %s AND tenant_id = %s AND expired_at IS NULL FOR SHARE)"
+        " INSERT INTO snapshot_pin (snapshot_id, tenant_id, reason, created_by, expires_at)"
+        " SELECT s.snapshot_id, s.tenant_id, %s, %s, %s FROM s"
         " ON CONFLICT (snapshot_id) DO UPDATE SET reason = EXCLUDED.reason, expires_at = EXCLUDED.expires_at"
         " RETURNING snapshot_id, reason, created_at, expires_at",
-        (reason, created_by, expires_at, snapshot_id, tenant_id),
+        (snapshot_id, tenant_id, reason, created_by, expires_at),
     )
     row = await cur.fetchone()
     if row is None:

@@ -157,13 +157,18 @@ class DropTable:
     table_id: TableId
 
     async def apply(self, tx: AsyncConn, ctx: CommitContext) -> None:
+        # FOR UPDATE explicitly: a plain UPDATE of a non-key column takes a lock that does not
+        # conflict with the accepting transactions' key-share locks.
         cur = await tx.execute(
-            "UPDATE table_def SET dropped_at = clock_timestamp(), updated_at = now()"
-            " WHERE table_id = %s AND tenant_id = %s AND dropped_at IS NULL RETURNING table_name",
+            "SELECT 1 FROM table_def WHERE table_id = %s AND tenant_id = %s AND dropped_at IS NULL FOR UPDATE",
             (self.table_id, ctx.tenant_id),
         )
         if await cur.fetchone() is None:
             raise TableNotFound("the table does not exist (dropped meanwhile?)", table_id=self.table_id)
+        await tx.execute(
+            "UPDATE table_def SET dropped_at = clock_timestamp(), updated_at = now() WHERE table_id = %s",
+            (self.table_id,),
+        )
 
 
 async def get_table(conn: AsyncConn, tenant_id: TenantId, name: str, *, with_stats: bool = False) -> TableDef:

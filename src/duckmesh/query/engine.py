@@ -142,10 +142,10 @@ class QueryEngine:
         keys = [key for table in tables for key in table.files]
         with self._local_files(tables, keys) as local_paths, self._database(tenant_id).cursor() as cursor:
             paths = dict(zip(keys, local_paths, strict=True))
-            self._bind(cursor, tables, paths)
             timer = threading.Timer(timeout, cursor.connection.interrupt)
             timer.start()
             try:
+                self._bind(cursor, tables, paths)
                 # Defence in depth behind the parser: DuckDB's own parse must also see exactly one SELECT.
                 statements = cursor.connection.extract_statements(sql)
                 if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
