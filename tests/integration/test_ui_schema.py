@@ -104,6 +104,18 @@ async def test_the_schema_shows_only_the_callers_tenant_and_needs_query_reader(
     assert (await schema(client, writer)).status_code == 403
 
 
+async def test_a_table_named_like_a_sql_keyword_is_counted_and_sampled(ctx: QueryCtx) -> None:
+    client, headers, coordinator = ctx
+    await create_table(client, headers, "order", columns=[{"name": "select", "type": "int32"}])
+    assert (await client.post("/v1/ingest/order", headers=headers, json={"records": [
+        {"idempotency_key": "o1", "payload": {"select": 7}}]})).status_code == 200
+    await coordinator.run_once()
+
+    table = (await schema(client, headers)).json()["tables"][0]
+
+    assert (table["table_name"], table["row_count"], table["sample_rows"]) == ("order", 1, [[7]])
+
+
 async def test_a_tenant_without_tables_or_snapshots_gets_an_empty_schema(client: httpx.AsyncClient, make_key: KeyMaker) -> None:
     headers = await make_key("fresh")
     response = await schema(client, headers)

@@ -128,16 +128,18 @@ def sandbox_verdict(sql: str, overview: SchemaOverview) -> tuple[bool, str | Non
 
 
 def _context(overview: SchemaOverview, limit: int) -> str:
-    """The tables as JSON, at most ``limit`` bytes: sample rows go first, then whole tables."""
+    """The tables as JSON, at most ``limit`` bytes: sample rows go first, then the last tables."""
     tables = [t.to_json() for t in overview.tables]
-    text = orjson.dumps(tables).decode()
-    if len(text) > limit:
+    if len(orjson.dumps(tables)) > limit:
         tables = [{**t, "sample_rows": []} for t in tables]
-        text = orjson.dumps(tables).decode()
-    while len(text) > limit and tables:
-        tables.pop()
-        text = orjson.dumps(tables).decode()
-    return text
+    kept: list[dict[str, Any]] = []
+    size = 2  # the brackets
+    for table in tables:
+        size += len(orjson.dumps(table)) + 1
+        if size > limit:
+            break
+        kept.append(table)
+    return orjson.dumps(kept).decode()
 
 
 def build_messages(question: str, overview: SchemaOverview, max_context_bytes: int) -> list[dict[str, str]]:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from sqlglot import exp
+
 from duckmesh.catalog import tables
 from duckmesh.catalog.db import CatalogPool
 from duckmesh.catalog.tables import TableDef
@@ -75,7 +77,8 @@ def _shorten(value: Any) -> Any:
 
 
 def _quoted(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+    """A table name as a quoted identifier (a valid name may still be a keyword, e.g. ``order``)."""
+    return str(exp.to_identifier(name, quoted=True).sql(dialect="duckdb"))
 
 
 class OverviewReader:
