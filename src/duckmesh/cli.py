@@ -37,6 +37,7 @@ from duckmesh.maintenance.retention import RetentionPolicy
 from duckmesh.maintenance.service import MaintenanceIntervals, MaintenanceService
 from duckmesh.observability.logging import configure
 from duckmesh.observability.sampler import run_lag_sampler
+from duckmesh.query.assist import AssistConfig, QueryAssistant
 from duckmesh.query.barrier import VisibilityBarrier
 from duckmesh.query.engine import QueryEngine
 from duckmesh.query.service import QueryLimits, QueryService
@@ -117,6 +118,16 @@ def build_query_service(
     return QueryService(pool, engine, barrier, limits)
 
 
+def build_query_assist(settings: Settings) -> QueryAssistant | None:
+    """The query assistant, or None when DUCKMESH_AI_TRANSLATE_ENABLED is off."""
+    if not (settings.ai_translate_enabled and settings.ai_base_url and settings.ai_model):
+        return None
+    key = settings.ai_api_key.get_secret_value() if settings.ai_api_key else None
+    return QueryAssistant(AssistConfig(
+        settings.ai_base_url, settings.ai_model, key, settings.ai_timeout.total_seconds(), settings.ai_temperature,
+    ))
+
+
 def build_maintenance_service(settings: Settings, pool: CatalogPool, store: ObjectStore) -> MaintenanceService:
     owner = settings.maintenance_created_by or f"compactor:{socket.gethostname()}:{os.getpid()}"
     compaction = CompactionPolicy(
@@ -159,7 +170,8 @@ async def open_runtime(settings: Settings, dsn: str, *, api: bool, coordinator: 
         query = build_query_service(settings, pool, store, barrier)
         maintenance = build_maintenance_service(settings, pool, store)
         backfill = BackfillService(pool, store, lease_seconds=settings.backfill_lease_seconds)
-        context = AppContext(settings, pool, bus, store, ingest, query, maintenance, backfill)
+        context = AppContext(settings, pool, bus, store, ingest, query, maintenance, backfill,
+                             assist=build_query_assist(settings))
         yield Runtime(settings, pool, bus, context, listener)
     finally:
         await barrier.stop()

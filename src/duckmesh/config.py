@@ -6,11 +6,13 @@ environment at import time.
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, TypeAdapter, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -28,6 +30,71 @@ _PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
     "prod": {"log_format": "json", "auth_required": True},
 }
 
+# Durations: Go style ("500ms", "30m", "1h30m", "7d") or words ("7 days", "1 hour"), besides a
+# number of seconds, ISO 8601 ("PT10M") and "HH:MM:SS" (pydantic's own forms).
+_DURATION_UNITS = {
+    "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "millisecond": 1e-3, "milliseconds": 1e-3,
+    "s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1, "m": 60, "min": 60, "mins": 60, "minute": 60,
+    "minutes": 60, "h": 3600, "hr": 3600, "hrs": 3600, "hour": 3600, "hours": 3600, "d": 86400, "day": 86400,
+    "days": 86400, "w": 604800, "week": 604800, "weeks": 604800,
+}
+_DURATION_PART = re.compile(
+    r"(\d+(?:\.\d+)?)\s*(" + "|".join(sorted(map(re.escape, _DURATION_UNITS), key=len, reverse=True)) + r")(?![a-zµ])",
+    re.IGNORECASE,
+)
+# Sizes: a plain number of bytes, or a number and a unit, SI (kB = 1000) or IEC (KiB = 1024).
+_SIZE = re.compile(r"^\s*(?P<n>\d+(?:\.\d+)?)\s*(?:(?P<p>[kmgt])(?P<i>i)?(?P<b>b)?|b)?\s*$", re.IGNORECASE)
+_SIZE_POWERS = {"k": 1, "m": 2, "g": 3, "t": 4}
+_PLAIN_NUMBER = re.compile(r"^\s*\d+(\.\d+)?\s*$")
+_TIMEDELTA = TypeAdapter(timedelta)
+
+
+def parse_duration(text: str) -> timedelta:
+    """Any documented duration form to a timedelta; raises ValueError naming the forms."""
+    if _PLAIN_NUMBER.match(text):
+        return timedelta(seconds=float(text))
+    compact = text.strip()
+    parts = _DURATION_PART.findall(compact)
+    if parts and not _DURATION_PART.sub("", compact).replace(",", "").strip():
+        return timedelta(seconds=sum(float(n) * _DURATION_UNITS[u.lower()] for n, u in parts))
+    try:
+        return _TIMEDELTA.validate_python(compact)
+    except ValidationError:
+        raise ValueError(
+            f"{text!r} is not a duration; use seconds (600), 500ms, 30m, 1h, 7d, '7 days' or ISO 8601 (PT10M)"
+        ) from None
+
+
+def parse_size(text: str) -> int:
+    """A byte size: 67108864, 64MiB, 64 MiB, 64Mi, 1GB, 512kB (IEC units are 1024-based, SI 1000-based)."""
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a byte size; use bytes (67108864) or a unit: 64MiB, 64 MiB, 1GB")
+    number, prefix = Decimal(match["n"]), match["p"]
+    if prefix:
+        if not (match["i"] or match["b"]):
+            unit = match["n"] + prefix.upper()
+            raise ValueError(f"{text!r} is ambiguous; write {unit}iB (1024-based) or {unit}B (1000-based)")
+        number *= Decimal(1024 if match["i"] else 1000) ** _SIZE_POWERS[prefix.lower()]
+    if number != number.to_integral_value():
+        raise ValueError(f"{text!r} is not a whole number of bytes")
+    return int(number)
+
+
+def _in_field_unit(name: str, annotation: Any, text: str) -> Any:
+    """Convert a duration or size text to the unit the setting's name (or type) says."""
+    if name.endswith("_bytes"):
+        return parse_size(text)
+    if annotation is timedelta:
+        return parse_duration(text)
+    if _PLAIN_NUMBER.match(text):
+        return text  # a bare number keeps the unit in the setting's name
+    if name.endswith("_ms"):
+        return parse_duration(text) / timedelta(milliseconds=1)
+    if name.endswith(("_s", "_seconds")):
+        return parse_duration(text).total_seconds()
+    return text
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
@@ -43,7 +110,7 @@ class Settings(BaseSettings):
     s3_region: str = "us-east-1"
     s3_access_key_id: str | None = None
     s3_secret_access_key: str | None = None
-    http_addr: str = "127.0.0.1:8080"
+    http_addr: str = "127.0.0.1:8080"  # ":8080" (Go style) listens on every interface
     auth_required: bool = True
     bootstrap_tenant: str = Field(default="default", pattern=r"^[a-z_][a-z0-9_-]{0,62}$")
     bootstrap_api_key: str | None = None
@@ -100,21 +167,38 @@ class Settings(BaseSettings):
     storage_retry_attempts: int = Field(default=6, ge=1)
     storage_retry_base_delay_ms: int = Field(default=50, ge=1)
 
+    # query assist: natural language -> SQL through an OpenAI-compatible chat-completions endpoint
+    ai_translate_enabled: bool = False
+    ai_base_url: str | None = None
+    ai_model: str | None = None
+    ai_api_key: SecretStr | None = None
+    ai_timeout: timedelta = Field(default=timedelta(seconds=15), gt=timedelta(0), le=timedelta(minutes=5))
+    ai_temperature: float = Field(default=0.1, ge=0, le=2)
+    ui_schema_sample_rows: int = Field(default=3, ge=0, le=20)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _units(cls, value: Any, info: ValidationInfo) -> Any:
+        """Durations and byte sizes in every documented form, for every setting that holds one."""
+        if not isinstance(value, str) or info.field_name is None:
+            return value
+        return _in_field_unit(info.field_name, cls.model_fields[info.field_name].annotation, value)
+
     @field_validator("http_addr")
     @classmethod
     def _check_addr(cls, value: str) -> str:
         host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError("DUCKMESH_HTTP_ADDR must look like HOST:PORT, e.g. 127.0.0.1:8080")
-        return value
+        if sep and not host:
+            host = "0.0.0.0"  # ":8080" means every interface, as in Go
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("DUCKMESH_HTTP_ADDR must look like HOST:PORT or :PORT, e.g. 127.0.0.1:8080")
+        return f"{host}:{port}"
 
-    @field_validator("idempotency_window", "maintenance_snapshot_min_age", "maintenance_gc_safety_age",
-                     "dead_letter_retention", mode="before")
+    @field_validator("ai_base_url")
     @classmethod
-    def _seconds_or_iso(cls, value: Any) -> Any:
-        """Durations: a number of seconds ("600"), ISO 8601 ("PT10M"), "HH:MM:SS" or "7 days"."""
-        if isinstance(value, str) and value.strip().replace(".", "", 1).isdigit():
-            return timedelta(seconds=float(value))
+    def _check_ai_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("DUCKMESH_AI_BASE_URL must start with http:// or https://")
         return value
 
     @field_validator("object_store_url")
@@ -138,6 +222,8 @@ class Settings(BaseSettings):
     def _check_prod(self) -> Settings:
         if self.profile == "prod" and not self.catalog_dsn:
             raise ValueError("profile prod needs DUCKMESH_CATALOG_DSN (no embedded database in prod)")
+        if self.ai_translate_enabled and not (self.ai_base_url and self.ai_model):
+            raise ValueError("DUCKMESH_AI_TRANSLATE_ENABLED needs DUCKMESH_AI_BASE_URL and DUCKMESH_AI_MODEL")
         return self
 
     @model_validator(mode="after")

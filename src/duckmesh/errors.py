@@ -189,3 +189,29 @@ class IngestBackpressure(DuckMeshError):
 
 class RateLimited(DuckMeshError):
     error_code, http_status, retryable = "RATE_LIMITED", 429, True
+
+
+class PromptRequired(DuckMeshError):
+    error_code, http_status = "PROMPT_REQUIRED", 400
+
+
+class TranslateNotConfigured(DuckMeshError):
+    """Query assist is off (``DUCKMESH_AI_TRANSLATE_ENABLED`` is not set)."""
+
+    error_code, http_status = "TRANSLATE_NOT_CONFIGURED", 501
+
+
+class TranslateFailed(DuckMeshError):
+    """The model endpoint failed: unreachable, an HTTP error, or not a chat-completions answer."""
+
+    error_code, http_status, retryable = "TRANSLATE_FAILED", 502, True
+
+
+class TranslateAnswerInvalid(TranslateFailed):
+    """The model answered, but not with a SQL statement."""
+
+    error_code = "TRANSLATE_ANSWER_INVALID"
+
+
+class TranslateTimeout(TranslateFailed):
+    error_code, http_status = "TRANSLATE_TIMEOUT", 504

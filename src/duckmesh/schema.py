@@ -14,7 +14,8 @@ decimal    string or number, exact       string (plain notation)
 string     string                        str
 binary     base64 string                 base64 string
 date       "YYYY-MM-DD"                  int days since 1970-01-01
-timestamp  RFC 3339 string (naive=UTC)   int microseconds since epoch (UTC)
+timestamp  RFC 3339 string (naive=UTC)   int microseconds since epoch (UTC);
+           up to 9 fractional digits     digits beyond the 6th are truncated
 json       any JSON value                compact JSON text (sorted keys)
 =========  ============================  =====================================
 """
@@ -42,7 +43,9 @@ SIMPLE_TYPES = ("boolean", "int32", "int64", "float32", "float64", "string", "bi
 CompatibilityMode = Literal["backward", "forward", "full", "none"]
 _EPOCH_DATE = date(1970, 1, 1)
 _DATE_SHAPE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_TIMESTAMP_SHAPE = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2})?$")
+# Up to 9 fractional digits: Go's RFC3339Nano, Java's Instant and .NET's "o" format send 7-9.
+_TIMESTAMP_SHAPE = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})?$")
+_SUB_MICROSECOND = re.compile(r"(\.\d{6})\d{1,3}")
 _DECIMAL_CONTEXT = Context(prec=80)
 _INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
 _SPECIAL_FLOATS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
@@ -315,13 +318,16 @@ def _check_date(value: Any) -> Any:
 
 
 def parse_timestamp(value: Any) -> datetime:
-    """RFC 3339 text to an aware UTC datetime (text without offset is taken as UTC)."""
+    """RFC 3339 text to an aware UTC datetime (text without offset is taken as UTC).
+
+    Timestamps are stored at microsecond precision: 7-9 fractional digits are accepted and
+    truncated (never rounded, so a value never moves into the next second or day)."""
     if not isinstance(value, str):
         raise ValueError("expected an RFC 3339 timestamp string")
     if not _TIMESTAMP_SHAPE.match(value):
         raise ValueError("invalid RFC 3339 timestamp")
     try:
-        parsed = datetime.fromisoformat(value)
+        parsed = datetime.fromisoformat(_SUB_MICROSECOND.sub(r"\1", value, count=1))
     except ValueError:
         raise ValueError("invalid RFC 3339 timestamp") from None
     if parsed.tzinfo is None:

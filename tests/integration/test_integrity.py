@@ -171,3 +171,29 @@ async def test_a_table_scoped_check_looks_only_at_that_tables_files(
 
     assert other.status_code == 200 and other.json()["summary"]["files_checked"] == 2, other.text
     assert same.status_code == 409 and same.json()["context"]["bad_files"] == [bad(broken, "missing")]
+
+
+async def test_the_summary_carries_the_reference_implementations_counters_beside_ours(
+    client: httpx.AsyncClient, make_key: KeyMaker, pool: CatalogPool, bus: PostgresBus, store: RetryingObjectStore,
+) -> None:
+    headers, _, files = await tenant_with_files(client, make_key, pool, bus, store)
+
+    clean = await integrity(client, headers)
+
+    assert clean.status_code == 200, clean.text
+    summary = clean.json()["summary"]
+    # the table's creation (no file) and four snapshots each appending one file: 0 + 1 + 2 + 3 + 4 files
+    assert {key: summary[key] for key in (
+        "tenants_scanned", "snapshots_scanned", "referenced_files", "unique_files_checked", "missing_files",
+        "size_mismatch_files", "operational_failures")} == {
+        "tenants_scanned": 1, "snapshots_scanned": 5, "referenced_files": 10, "unique_files_checked": 4,
+        "missing_files": 0, "size_mismatch_files": 0, "operational_failures": 0}
+    assert summary["files_checked"] == len(files)
+
+    store.delete(files[0]["path"])
+    store.put(files[1]["path"], store.get(files[1]["path"])[:-1])
+    failed = await integrity(client, headers)
+
+    assert failed.status_code == 409
+    context = failed.json()["context"]
+    assert (context["missing_files"], context["size_mismatch_files"], context["operational_failures"]) == (1, 1, 0)

@@ -1,6 +1,8 @@
 import socket
 
 from duckmesh.cli import _bind
+from duckmesh.config import Settings
+from tests.conftest import free_port
 
 
 def test_the_listening_socket_is_tcp_so_responses_are_not_held_back_by_nagle() -> None:
@@ -9,5 +11,14 @@ def test_the_listening_socket_is_tcp_so_responses_are_not_held_back_by_nagle() -
     sock = _bind("127.0.0.1", 0)
     try:
         assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()
+
+
+def test_a_go_style_address_binds_every_interface() -> None:
+    settings = Settings(http_addr=f":{free_port()}")
+    sock = _bind(settings.http_host, settings.http_port)
+    try:
+        assert sock.getsockname() == ("0.0.0.0", settings.http_port)
     finally:
         sock.close()

@@ -146,6 +146,11 @@ ACCEPTED: list[tuple[str, Any, Any]] = [
     ("timestamp", "2024-05-01T12:00:00.123456Z", _micros(datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC))),
     ("timestamp", "1970-01-01T00:00:00Z", 0),
     ("timestamp", "1969-12-31T23:59:59.999999Z", -1),
+    # 7-9 fractional digits (Go RFC3339Nano, Java Instant, .NET "o") are truncated to microseconds
+    ("timestamp", "2024-05-01T12:00:00.123456789Z", _micros(datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC))),
+    ("timestamp", "2024-05-01T12:00:00.1234567+02:00", _micros(datetime(2024, 5, 1, 10, 0, 0, 123456, tzinfo=UTC))),
+    ("timestamp", "2024-12-31T23:59:59.99999999Z", _micros(datetime(2024, 12, 31, 23, 59, 59, 999999, tzinfo=UTC))),
+    ("timestamp", "1969-12-31T23:59:59.9999999Z", -1),
     ("json", {"b": 1, "a": {"d": [1, 2], "c": None}}, '{"a":{"c":null,"d":[1,2]},"b":1}'),
     ("json", [3, "x", True], '[3,"x",true]'),
     ("json", "text", '"text"'),
@@ -191,6 +196,8 @@ REJECTED: list[tuple[str, Any, str]] = [
     ("timestamp", "2024-13-01T00:00:00Z", "invalid RFC 3339"),
     ("timestamp", "yesterday", "invalid RFC 3339"),
     ("timestamp", 1714564800, "expected an RFC 3339"),
+    ("timestamp", "2024-05-01T12:00:00.1234567891Z", "invalid RFC 3339"),
+    ("timestamp", "2024-05-01T12:00:00.Z", "invalid RFC 3339"),
 ]
 
 

@@ -11,7 +11,17 @@ from duckmesh import __version__
 from duckmesh.api import errors
 from duckmesh.api.context import AppContext
 from duckmesh.api.middleware import RequestContextMiddleware
-from duckmesh.api.routers import backfill, dead_letters, ingest, maintenance, ops, query, snapshots, tables
+from duckmesh.api.routers import (
+    assist,
+    backfill,
+    dead_letters,
+    ingest,
+    maintenance,
+    ops,
+    query,
+    snapshots,
+    tables,
+)
 
 
 def create_app(ctx: AppContext, *, serve_data_api: bool = True) -> FastAPI:
@@ -27,7 +37,7 @@ def create_app(ctx: AppContext, *, serve_data_api: bool = True) -> FastAPI:
     app.state.ctx = ctx
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     errors.install(app)
-    data_routers = (ingest, query, tables, backfill, snapshots, maintenance, dead_letters, ops)
+    data_routers = (ingest, query, assist, tables, backfill, snapshots, maintenance, dead_letters, ops)
     for module in data_routers if serve_data_api else (ops,):
         app.include_router(module.router)
     app.add_middleware(

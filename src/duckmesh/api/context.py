@@ -10,6 +10,7 @@ from duckmesh.config import Settings
 from duckmesh.ingest.backfill import BackfillService
 from duckmesh.ingest.service import IngestService
 from duckmesh.maintenance.service import MaintenanceService
+from duckmesh.query.assist import QueryAssistant
 from duckmesh.query.service import QueryService
 from duckmesh.storage.base import ObjectStore
 
@@ -24,3 +25,4 @@ class AppContext:
     query: QueryService
     maintenance: MaintenanceService
     backfill: BackfillService
+    assist: QueryAssistant | None = None  # None: query assist is off (POST /v1/query/translate answers 501)

@@ -273,3 +273,20 @@ async def dangling_files(conn: AsyncConn, tenant_id: TenantId) -> list[dict[str,
         (tenant_id,),
     )
     return list(await cur.fetchall())
+
+
+async def retained_references(conn: AsyncConn, tenant_id: TenantId, table_id: int | None = None) -> tuple[int, int]:
+    """How many retained snapshots the tenant has, and how many (snapshot, file) references
+    they hold (a file shared by ten snapshots counts ten times), optionally for one table."""
+    cur = await conn.execute(
+        "SELECT (SELECT count(*) FROM snapshot WHERE tenant_id = %(t)s AND expired_at IS NULL) AS snapshots,"
+        " (SELECT count(*) FROM file_live_range r JOIN snapshot s ON s.tenant_id = r.tenant_id"
+        "   AND s.snapshot_id >= r.added_snapshot_id"
+        "   AND (r.removed_snapshot_id IS NULL OR s.snapshot_id < r.removed_snapshot_id)"
+        "  WHERE r.tenant_id = %(t)s AND s.expired_at IS NULL"
+        "   AND (%(table)s::bigint IS NULL OR r.table_id = %(table)s::bigint)) AS refs",
+        {"t": tenant_id, "table": table_id},
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row["snapshots"]), int(row["refs"])

@@ -32,6 +32,17 @@ def _deep_problem(data: bytes, expected_hash: str, expected_rows: int) -> str | 
     return None if rows == expected_rows else f"row count {rows} != catalog {expected_rows}"
 
 
+def _reference_counters(snapshots: int, references: int, checked: int, bad: list[dict[str, Any]]) -> dict[str, int]:
+    """The counters the reference implementation's summary carries (a run covers one tenant)."""
+    return {
+        "tenants_scanned": 1, "snapshots_scanned": snapshots, "referenced_files": references,
+        "unique_files_checked": checked,
+        "missing_files": sum(1 for b in bad if b["problem"] == "missing"),
+        "size_mismatch_files": sum(1 for b in bad if b["problem"].startswith("size")),
+        "operational_failures": sum(1 for b in bad if b["problem"].startswith("unreadable")),
+    }
+
+
 class IntegrityValidator:
     def __init__(self, pool: CatalogPool, store: ObjectStore, owner: str) -> None:
         self._pool = pool
@@ -45,6 +56,7 @@ class IntegrityValidator:
             files = await maintenance.retained_files(conn, tenant_id)
             dangling = await maintenance.dangling_files(conn, tenant_id)
             known = await maintenance.known_paths(conn, tenant_id)
+            snapshot_count, references = await maintenance.retained_references(conn, tenant_id, table_id)
         if table_id is not None:
             files = [f for f in files if f["table_id"] == table_id]
         bad = [problem for f in files if (problem := await self._check(f, deep)) is not None]
@@ -53,6 +65,7 @@ class IntegrityValidator:
         summary = {
             "deep": deep, "files_checked": len(files), "bad_files": bad, "orphans": orphans,
             "dangling_rows": [{"file_id": d["file_id"], "path": d["path"]} for d in dangling],
+            **_reference_counters(snapshot_count, references, len(files), bad),
         }
         failed = bool(bad or dangling)
         status = "failed" if failed else "completed"

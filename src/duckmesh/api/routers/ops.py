@@ -69,6 +69,9 @@ async def lag(principal: Ops, request: Request) -> dict[str, Any]:
     return {
         "tenant_id": principal.tenant_id,
         **counts,
+        # the reference implementation's names: events not yet claimed, and the pending age
+        "accepted_events": counts["pending_events"],
+        "oldest_pending_lag_ms": counts["oldest_pending_age_ms"] or 0,
         "latest_issued_token": row["issued"],
         "latest_visibility_token": head.max_visibility_token,
         "token_lag": row["issued"] - head.max_visibility_token,

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from duckmesh.api import audit
 from duckmesh.api.auth import require
@@ -12,7 +12,7 @@ from duckmesh.api.routing import api_router
 from duckmesh.catalog import tables
 from duckmesh.catalog.tenants import Principal
 from duckmesh.domain import Role
-from duckmesh.errors import ValidationFailed
+from duckmesh.errors import SchemaIncompatible, ValidationFailed
 from duckmesh.schema import NAME_PATTERN, CompatibilityMode, SchemaError, TableSchema
 from duckmesh.tables import lifecycle
 
@@ -29,7 +29,47 @@ class ColumnSpec(BaseModel):
     nullable: bool = True
 
 
-class CreateTable(BaseModel):
+class ReferenceAliases(BaseModel):
+    """The reference implementation's names for the key and partition fields, read as aliases:
+    ``primary_key_cols`` for ``primary_key`` and ``partition_spec`` (a list of column names
+    here) for ``partition_by``. Giving a field and its alias together is refused."""
+
+    primary_key: list[str] | None = None
+    primary_key_cols: list[str] | None = None
+    partition_by: list[str] | None = None
+    partition_spec: list[str] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _typed_columns(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "schema_json" in data and "columns" not in data:
+            raise ValueError("schema_json (an untyped name -> type map) is not read; "
+                             "give columns: [{name, type, nullable}] with this server's types")
+        return data
+
+    @field_validator("partition_spec", mode="before")
+    @classmethod
+    def _columns_only(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            raise ValueError("partition_spec is a list of column names here (as partition_by); "
+                             "transform objects such as {\"date\": \"day\"} are not supported")
+        return value
+
+    @model_validator(mode="after")
+    def _one_name_each(self) -> ReferenceAliases:
+        for name, alias in (("primary_key", "primary_key_cols"), ("partition_by", "partition_spec")):
+            if {name, alias} <= self.model_fields_set:
+                raise ValueError(f"give {name} or its alias {alias}, not both")
+        return self
+
+    def key_columns(self) -> list[str] | None:
+        return self.primary_key_cols if "primary_key_cols" in self.model_fields_set else self.primary_key
+
+    def partition_columns(self) -> list[str] | None:
+        return self.partition_spec if "partition_spec" in self.model_fields_set else self.partition_by
+
+
+class CreateTable(ReferenceAliases):
     model_config = ConfigDict(extra="forbid")
 
     table_name: str = Field(pattern=NAME_PATTERN.pattern)
@@ -62,7 +102,9 @@ class TableList(BaseModel):
 async def create_table(body: CreateTable, principal: Admin, request: Request) -> dict[str, Any]:
     ctx: AppContext = request.app.state.ctx
     try:
-        schema = TableSchema.build([c.model_dump() for c in body.columns], body.primary_key, body.partition_by)
+        schema = TableSchema.build(
+            [c.model_dump() for c in body.columns], body.key_columns() or [], body.partition_columns() or []
+        )
     except SchemaError as exc:
         raise ValidationFailed(str(exc), table=body.table_name) from None
     table = await lifecycle.create_table(
@@ -88,7 +130,10 @@ async def get_table(table: str, principal: Reader, request: Request) -> dict[str
     return found.to_info()
 
 
-class AlterTable(BaseModel):
+class AlterTable(ReferenceAliases):
+    """The primary key and partitioning never change; when a client sends them (e.g. the whole
+    definition it read), they must equal the table's."""
+
     model_config = ConfigDict(extra="forbid")
 
     columns: list[ColumnSpec] = Field(min_length=1)
@@ -99,12 +144,29 @@ class DroppedTable(BaseModel):
     table_id: int
     table_name: str
     dropped: bool
+    status: Literal["deleted"]
     snapshot_id: int
+
+
+async def _check_fixed_fields(ctx: AppContext, principal: Principal, table: str, body: AlterTable) -> None:
+    key, partitioning = body.key_columns(), body.partition_columns()
+    if key is None and partitioning is None:
+        return
+    async with ctx.pool.connection() as conn:
+        current = (await tables.get_table(conn, principal.tenant_id, table)).schema
+    reasons = []
+    if key is not None and tuple(key) != current.primary_key:
+        reasons.append(f"the primary key cannot change ({list(current.primary_key)} -> {key})")
+    if partitioning is not None and tuple(partitioning) != current.partition_by:
+        reasons.append(f"the partitioning cannot change ({list(current.partition_by)} -> {partitioning})")
+    if reasons:
+        raise SchemaIncompatible("the change is not allowed", table=table, reasons=reasons)
 
 
 @router.patch("/v1/tables/{table}", response_model=TableInfo, responses={400: {}, 401: {}, 403: {}, 404: {}, 409: {}})
 async def alter_table(table: str, body: AlterTable, principal: Admin, request: Request) -> dict[str, Any]:
     ctx: AppContext = request.app.state.ctx
+    await _check_fixed_fields(ctx, principal, table, body)
     altered = await lifecycle.alter_table(
         ctx.pool, principal.tenant_id, table, [c.model_dump() for c in body.columns], body.compatibility_mode,
         audit.created_by(principal),
@@ -130,4 +192,5 @@ async def drop_table(table: str, principal: Admin, request: Request) -> dict[str
         ctx.pool, ctx.bus, principal.tenant_id, table, audit.created_by(principal),
         audit.entry(principal, "table.drop", "table", table, {"table_name": table}),
     )
-    return {"table_id": found.table_id, "table_name": table, "dropped": True, "snapshot_id": snapshot.snapshot_id}
+    return {"table_id": found.table_id, "table_name": table, "dropped": True, "status": "deleted",
+            "snapshot_id": snapshot.snapshot_id}

@@ -1,0 +1,148 @@
+"""The tenant's tables as tools see them (the console's completion, the query assistant, the
+CLI): typed columns, primary key, row count and a few sample rows.
+
+Row counts and sample rows are ordinary queries through ``QueryService.execute`` — the same
+sandbox, engine, limits and audit as ``POST /v1/query`` — so this never reads data any other
+way and never sees another tenant's tables.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlglot import exp
+
+from duckmesh.catalog import snapshots, tables
+from duckmesh.catalog.db import CatalogPool
+from duckmesh.catalog.tables import TableDef
+from duckmesh.catalog.tenants import Principal
+from duckmesh.domain import SnapshotId
+from duckmesh.errors import DuckMeshError
+from duckmesh.query.encode import encode_rows
+from duckmesh.query.models import QueryRequest
+from duckmesh.query.service import QueryOutcome, QueryService
+from duckmesh.schema import Column
+
+log = logging.getLogger(__name__)
+MAX_SAMPLE_ROWS = 20
+# Sample values are hints, not data exports: long text is shortened.
+MAX_SAMPLE_TEXT = 256
+
+
+@dataclass(frozen=True)
+class TableOverview:
+    table_name: str
+    columns: tuple[Column, ...]
+    primary_key: tuple[str, ...]
+    row_count: int | None = None  # None: the count query failed (logged)
+    sample_rows: list[list[Any]] = field(default_factory=list)  # aligned with ``columns``
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "table_name": self.table_name,
+            "columns": [c.to_json() for c in self.columns],
+            "primary_key": list(self.primary_key),
+            "row_count": self.row_count,
+            "sample_rows": self.sample_rows,
+        }
+
+
+@dataclass(frozen=True)
+class SchemaOverview:
+    tables: tuple[TableOverview, ...]
+    snapshot_id: SnapshotId | None
+    snapshot_time: datetime | None
+    max_visibility_token: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tables": [t.to_json() for t in self.tables],
+            "snapshot_id": self.snapshot_id,
+            "snapshot_time": self.snapshot_time.isoformat() if self.snapshot_time else None,
+            "max_visibility_token": self.max_visibility_token,
+        }
+
+
+def _shorten(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > MAX_SAMPLE_TEXT:
+        return value[:MAX_SAMPLE_TEXT] + "…"
+    if isinstance(value, list):
+        return [_shorten(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _shorten(v) for k, v in value.items()}
+    return value
+
+
+def _quoted(name: str) -> str:
+    """A table name as a quoted identifier (a valid name may still be a keyword, e.g. ``order``)."""
+    return str(exp.to_identifier(name, quoted=True).sql(dialect="duckdb"))
+
+
+class OverviewReader:
+    def __init__(self, pool: CatalogPool, query: QueryService) -> None:
+        self._pool = pool
+        self._query = query
+
+    async def read(self, principal: Principal, sample_rows: int, trace_id: str | None) -> SchemaOverview:
+        """Every live table of the caller's tenant; counts come from one query over the latest
+        snapshot, whose id, time and watermark the overview reports."""
+        sample_rows = max(0, min(sample_rows, MAX_SAMPLE_ROWS))
+        async with self._pool.connection() as conn:
+            defs = await tables.list_tables(conn, principal.tenant_id)
+        counts, outcome = await self._counts(principal, defs, trace_id)
+        if outcome is not None:
+            snapshot_id, created_at, watermark = (outcome.snapshot.snapshot_id, outcome.snapshot.created_at,
+                                                  outcome.snapshot.watermark)
+        else:
+            async with self._pool.connection() as conn:
+                head, created_at = await snapshots.head_with_time(conn, principal.tenant_id)
+            snapshot_id, watermark = head.snapshot_id, head.max_visibility_token
+        found = []
+        for table in defs:
+            samples = await self._samples(principal, table, sample_rows, trace_id) if sample_rows else []
+            found.append(TableOverview(
+                table.table_name, table.schema.columns, table.schema.primary_key,
+                counts.get(table.table_name) if outcome is not None else None, samples,
+            ))
+        return SchemaOverview(tuple(found), snapshot_id, created_at, watermark)
+
+    async def _run(self, principal: Principal, sql: str, row_limit: int, trace_id: str | None) -> QueryOutcome:
+        return await self._query.execute(principal, QueryRequest(sql=sql, row_limit=row_limit), trace_id)
+
+    async def _counts(
+        self, principal: Principal, defs: list[TableDef], trace_id: str | None
+    ) -> tuple[dict[str, int], QueryOutcome | None]:
+        """Row counts of every table in one query, hence from one snapshot."""
+        if not defs:
+            return {}, None
+        sql = " UNION ALL ".join(
+            f"SELECT {i} AS i, count(*) AS n FROM {_quoted(t.table_name)}" for i, t in enumerate(defs)
+        )
+        try:
+            outcome = await self._run(principal, sql, len(defs), trace_id)
+        except DuckMeshError as exc:
+            log.warning("overview_count_failed", extra={"tenant_id": principal.tenant_id, "error_code": exc.error_code})
+            return {}, None
+        rows = outcome.result.table.to_pylist()
+        return {defs[row["i"]].table_name: int(row["n"]) for row in rows}, outcome
+
+    async def _samples(
+        self, principal: Principal, table: TableDef, limit: int, trace_id: str | None
+    ) -> list[list[Any]]:
+        sql = f"SELECT * FROM {_quoted(table.table_name)} LIMIT {limit}"
+        try:
+            outcome = await self._run(principal, sql, limit, trace_id)
+        except DuckMeshError as exc:
+            log.warning("overview_sample_failed", extra={
+                "tenant_id": principal.tenant_id, "table": table.table_name, "error_code": exc.error_code})
+            return []
+        result = outcome.result
+        names = [c["name"] for c in result.columns]
+        rows = encode_rows(result.table, [c["type"] for c in result.columns])
+        # Align with the table's columns by name (a column added after the data was written reads null).
+        return [
+            [_shorten(dict(zip(names, row, strict=True)).get(c.name)) for c in table.schema.columns] for row in rows
+        ]
