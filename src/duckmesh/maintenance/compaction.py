@@ -221,6 +221,8 @@ class Compactor:
                        output_rows=sum(o.record_count for o in outputs))
         async with self._pool.connection() as conn:
             await maintenance.finish_run(conn, "compaction", run_id, status, summary)
+        log.info("compaction_finished", extra={"tenant_id": tenant_id, "table": table.table_name, "status": status,
+                                               "run_id": run_id, **summary})
         if status == "completed":
             metrics.COMPACTION_RUNS.labels("completed").inc()
             metrics.COMPACTION_BYTES.inc(chosen.input_bytes)

@@ -82,6 +82,9 @@ class RetentionRunner:
                 await maintenance.finish_run(conn, "retention", run_id, status, summary)
                 await maintenance.release_job(conn, tenant_id, 0, "retention", run_owner)
             metrics.GC_RUNS.labels(status).inc()
+            log.info("retention_finished", extra={"tenant_id": tenant_id, "status": status, "run_id": run_id,
+                                                  **{k: v for k, v in summary.items() if k != "failures"},
+                                                  "failures": len(summary["failures"])})
         return {"status": status, "run_id": run_id, **summary}
 
     async def _table_retention(self, tenant_id: TenantId, dry_run: bool) -> int:
