@@ -200,5 +200,5 @@ def _resume_stopped_processes(spawn: Spawner) -> Any:
     """A failing assertion must not leave a SIGSTOPped process behind (teardown's SIGTERM would
     never be handled)."""
     yield
-    for proc in spawn._procs:  # noqa: SLF001 - the spawner's own list, read-only
+    for proc in spawn._procs:
         proc.send(signal.SIGCONT)
