@@ -385,13 +385,13 @@ def test_migrate_down_then_up_rebuilds_an_empty_database(spawn: Spawner, empty_d
             row = conn.execute("SELECT to_regclass('ingest_event') IS NOT NULL").fetchone()
         return bool(row and row[0])
 
-    cli(spawn, "migrate", "down", settings=catalog)  # nothing to revert yet: still a success
+    cli(spawn, "migrate", "down", "--target", "0", "--yes", settings=catalog)  # nothing to revert yet: a success
     cli(spawn, "migrate", "up", settings=catalog)
     latest = status()
     assert latest["current"] == latest["latest"] >= 1 and latest["pending"] == []
     assert has_catalog()
 
-    cli(spawn, "migrate", "down", settings=catalog)
+    cli(spawn, "migrate", "down", "--target", "0", "--yes", settings=catalog)
     assert not has_catalog()
     cli(spawn, "migrate", "up", settings=catalog)
     again = status()

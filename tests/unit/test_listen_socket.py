@@ -1,6 +1,6 @@
 import socket
 
-from duckmesh.cli import _bind
+from duckmesh.cli.serve import _bind
 
 
 def test_the_listening_socket_is_tcp_so_responses_are_not_held_back_by_nagle() -> None:

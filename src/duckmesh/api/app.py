@@ -9,14 +9,14 @@ from fastapi.openapi.utils import get_openapi
 
 from duckmesh import __version__
 from duckmesh.api import errors
-from duckmesh.api.context import AppContext
+from duckmesh.api.context import AppContext, OpsContext
 from duckmesh.api.middleware import RequestContextMiddleware
-from duckmesh.api.routers import backfill, dead_letters, ingest, maintenance, ops, query, snapshots, tables
+from duckmesh.api.routers import backfill, dead_letters, ingest, maintenance, ops, probes, query, snapshots, tables
 
 
-def create_app(ctx: AppContext, *, serve_data_api: bool = True) -> FastAPI:
-    """The full API, or (``serve_data_api=False``, for worker processes) only the operations
-    endpoints: health, readiness and metrics."""
+def create_app(ctx: AppContext | OpsContext) -> FastAPI:
+    """The full API for an ``AppContext``; for a worker process's ``OpsContext`` only the probes:
+    health, readiness and metrics."""
     app = FastAPI(
         title="DuckMesh",
         version=__version__,
@@ -28,7 +28,7 @@ def create_app(ctx: AppContext, *, serve_data_api: bool = True) -> FastAPI:
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     errors.install(app)
     data_routers = (ingest, query, tables, backfill, snapshots, maintenance, dead_letters, ops)
-    for module in data_routers if serve_data_api else (ops,):
+    for module in (*data_routers, probes) if isinstance(ctx, AppContext) else (probes,):
         app.include_router(module.router)
     app.add_middleware(
         RequestContextMiddleware,

@@ -59,7 +59,8 @@ class CatalogPool:
             max_size=max_size,
             open=False,
             name=name,
-            kwargs={"autocommit": True, "row_factory": dict_row},
+            # application_name lets `duckmesh migrate down` see which DuckMesh processes are connected.
+            kwargs={"autocommit": True, "row_factory": dict_row, "application_name": name[:63]},
             timeout=10.0,
         )
 
