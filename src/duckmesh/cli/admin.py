@@ -12,7 +12,14 @@ import typer
 
 from duckmesh.catalog import audit, migrate, tenants
 from duckmesh.catalog.db import AsyncConn, CatalogPool
-from duckmesh.cli.runtime import build_maintenance_service, catalog_dsn, cli_errors, fail, load_settings
+from duckmesh.cli.runtime import (
+    bad_file_lines,
+    build_maintenance_service,
+    catalog_dsn,
+    cli_errors,
+    fail,
+    load_settings,
+)
 from duckmesh.domain import Role, TenantId
 from duckmesh.errors import IntegrityCheckFailed
 from duckmesh.maintenance.service import MaintenanceService
@@ -84,15 +91,6 @@ def retention_run(
         return await service.retain(await _tenant_id(pool, tenant), dry_run)
 
     typer.echo(json.dumps(_run_maintenance(job), default=str))
-
-
-def bad_file_lines(context: dict[str, Any]) -> list[str]:
-    """One line per bad file and dangling row of a failed integrity run."""
-    lines = [f"bad file {f.get('path')} (file {f.get('file_id')}): {f.get('problem')}"
-             for f in context.get("bad_files", [])]
-    lines += [f"dangling catalog row {d.get('path')} (file {d.get('file_id')})"
-              for d in context.get("dangling_rows", [])]
-    return lines
 
 
 @integrity_app.command("run")

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 import typer
 from pydantic import ValidationError
@@ -94,6 +95,15 @@ def cli_errors() -> Iterator[None]:
     except DuckMeshError as exc:
         typer.echo(error_line(exc), err=True)
         raise typer.Exit(1) from None
+
+
+def bad_file_lines(context: dict[str, Any]) -> list[str]:
+    """One line per bad file and dangling row of a failed integrity run."""
+    lines = [f"bad file {f.get('path')} (file {f.get('file_id')}): {f.get('problem')}"
+             for f in context.get("bad_files", [])]
+    lines += [f"dangling catalog row {d.get('path')} (file {d.get('file_id')})"
+              for d in context.get("dangling_rows", [])]
+    return lines
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
