@@ -39,7 +39,7 @@ def test_precedence_is_flags_then_named_profile_then_environment_then_default_pr
 
 def test_an_unknown_profile_or_a_non_http_server_is_a_clear_error(tmp_path: Path) -> None:
     save_profile("one", "http://a:1", None, make_default=True, path=config_path(env_for(tmp_path)))
-    with pytest.raises(ClientConfigError, match="no profile 'two'.*profiles: one"):
+    with pytest.raises(ClientConfigError, match=r"no profile 'two'.*profiles: one"):
         resolve(profile="two", env=env_for(tmp_path))
     with pytest.raises(ClientConfigError, match="http"):
         resolve("ftp://x", env=env_for(tmp_path))

@@ -26,7 +26,7 @@ def test_the_format_comes_from_the_extension_else_from_the_content(tmp_path: Pat
     (tmp_path / "b").write_text('{"id": 1}\n')
     (tmp_path / "c").write_text("id,name\n1,x\n")
     pq.write_table(pa.table({"id": [1]}), tmp_path / "d")
-    assert [detect_format(tmp_path / n) for n in "a.jsonl b c d".split()] == ["ndjson", "ndjson", "csv", "parquet"]
+    assert [detect_format(tmp_path / n) for n in ["a.jsonl", "b", "c", "d"]] == ["ndjson", "ndjson", "csv", "parquet"]
 
 
 def test_keys_are_the_prefix_and_row_number_or_a_columns_value(tmp_path: Path) -> None:
