@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from duckmesh import __version__
-from duckmesh.api import docs, errors, openapi
+from duckmesh.api import console, docs, errors, openapi
 from duckmesh.api.context import AppContext, OpsContext
 from duckmesh.api.middleware import RequestContextMiddleware
 from duckmesh.api.routers import backfill, dead_letters, ingest, maintenance, ops, probes, query, snapshots, tables
@@ -20,6 +20,8 @@ def create_app(ctx: AppContext | OpsContext) -> FastAPI:
     app.state.ctx = ctx
     errors.install(app)
     docs.install(app)
+    if isinstance(ctx, AppContext):
+        console.install(app)
     data_routers = (ingest, query, tables, backfill, snapshots, maintenance, dead_letters, ops)
     for module in (*data_routers, probes) if isinstance(ctx, AppContext) else (probes,):
         app.include_router(module.router)
