@@ -224,6 +224,8 @@ def test_up_with_no_configuration_serves_a_working_system_and_stops_cleanly(
     found = KEY_PATTERN.search(printed)
     assert found, f"no API key printed on stdout:\n{printed}"
     key = found.group(0)
+    chatter = up.stderr()
+    assert "initdb" not in chatter and "pg_ctl" not in chatter, "the embedded PostgreSQL's start-up chatter is logged"
 
     with httpx.Client(base_url=up.base_url, trust_env=False, timeout=30.0) as http:
         response = http.post("/v1/tables", headers=bearer(key), json={"table_name": "events", "columns": EVENTS_COLUMNS})
