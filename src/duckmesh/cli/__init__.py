@@ -8,6 +8,10 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
+
 import typer
 
 from duckmesh.cli import admin, client, serve
@@ -29,4 +33,12 @@ admin.register(app, CATALOG)
 
 
 def main() -> None:
-    app(prog_name="duckmesh")
+    """The console script. Anything that escapes a command is one line too (DUCKMESH_TRACEBACK=1 shows it)."""
+    try:
+        app(prog_name="duckmesh")
+    except Exception as exc:
+        if os.environ.get("DUCKMESH_TRACEBACK"):
+            raise
+        logging.getLogger("duckmesh").debug("command_failed", exc_info=True)
+        print(f"error: INTERNAL: {type(exc).__name__}: {exc} (DUCKMESH_TRACEBACK=1 shows where)", file=sys.stderr)
+        sys.exit(1)
