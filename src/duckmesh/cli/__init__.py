@@ -14,7 +14,7 @@ import sys
 
 import typer
 
-from duckmesh.cli import admin, client, serve
+from duckmesh.cli import admin, client, demo, serve
 
 SERVERS = "Server processes"
 CLIENT = "Client: needs a server and a key (HTTP)"
@@ -28,6 +28,7 @@ app = typer.Typer(
     no_args_is_help=True, pretty_exceptions_enable=False,
 )
 serve.register(app, SERVERS)
+demo.register(app, SERVERS)
 client.register(app, CLIENT)
 admin.register(app, CATALOG)
 
