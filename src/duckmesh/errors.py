@@ -143,7 +143,9 @@ class SnapshotSelectorConflict(DuckMeshError):
 
 
 class QueryTimeout(DuckMeshError):
-    error_code, http_status, retryable = "QUERY_TIMEOUT", 408, True
+    """The query ran out of time; running it again will too (raise timeout_ms or narrow the query)."""
+
+    error_code, http_status = "QUERY_TIMEOUT", 408
 
 
 class QueryConcurrencyLimit(DuckMeshError):

@@ -83,6 +83,8 @@ def sql(
                                                                         "is visible (read-after-write)")] = None,
     timeout_ms: Annotated[int | None, typer.Option("--wait-timeout-ms", help="how long --wait-token may wait")] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="row limit (the server caps it)")] = None,
+    query_timeout: Annotated[int | None, typer.Option("--timeout-ms", help="query time limit (the server caps "
+                                                                           "it)")] = None,
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="NAME=VALUE for $NAME (repeatable; "
                                                                          "VALUE is JSON or text)")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="write csv/ndjson/arrow/json here")] = None,
@@ -96,7 +98,7 @@ def sql(
         options: dict[str, Any] = {
             "params": dict(_param(p) for p in param) if param else None, "snapshot_id": snapshot,
             "snapshot_time": at, "min_visibility_token": wait_token, "consistency_timeout_ms": timeout_ms,
-            "row_limit": limit,
+            "row_limit": limit, "timeout_ms": query_timeout,
         }
         with connect(server, key, profile) as client:
             if fmt in ("csv", "ndjson", "arrow"):

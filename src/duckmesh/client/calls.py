@@ -126,13 +126,13 @@ def post(path: str, body: Any) -> Call[dict[str, Any]]:
 def query_body(
     sql: str, *, params: dict[str, Any] | list[Any] | None = None, snapshot_id: int | None = None,
     snapshot_time: str | None = None, min_visibility_token: int | None = None,
-    consistency_timeout_ms: int | None = None, row_limit: int | None = None,
+    consistency_timeout_ms: int | None = None, row_limit: int | None = None, timeout_ms: int | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"sql": sql}
     optional = {
         "params": params, "snapshot_id": snapshot_id, "snapshot_time": snapshot_time,
         "min_visibility_token": min_visibility_token, "consistency_timeout_ms": consistency_timeout_ms,
-        "row_limit": row_limit,
+        "row_limit": row_limit, "timeout_ms": timeout_ms,
     }
     body.update({name: value for name, value in optional.items() if value is not None})
     return body
