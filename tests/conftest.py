@@ -26,7 +26,7 @@ from duckmesh.bus.postgres import PostgresBus
 from duckmesh.catalog import migrate, tenants
 from duckmesh.catalog.db import CatalogPool
 from duckmesh.catalog.notify import INGEST_CHANNEL, Listener
-from duckmesh.cli import build_maintenance_service, build_query_service
+from duckmesh.cli.runtime import build_maintenance_service, build_query_service
 from duckmesh.config import Settings
 from duckmesh.coordinator.worker import Coordinator, CoordinatorConfig
 from duckmesh.domain import ALL_ROLES, Role

@@ -25,7 +25,7 @@ LEASE_SAFETY_FACTOR = 4
 
 # Profiles only change defaults; an explicitly set variable always wins.
 _PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "dev": {"log_format": "json"},
+    "dev": {},
     "test": {"log_format": "json", "coordinator_lease_seconds": 5.0},
     "prod": {"log_format": "json", "auth_required": True},
 }
@@ -115,7 +115,7 @@ class Settings(BaseSettings):
     bootstrap_tenant: str = Field(default="default", pattern=r"^[a-z_][a-z0-9_-]{0,62}$")
     bootstrap_api_key: str | None = None
     log_level: str = "INFO"
-    log_format: Literal["json", "text"] = "json"
+    log_format: Literal["json", "text", "auto"] = "auto"
     service_name: str = "duckmesh"
 
     # ingest

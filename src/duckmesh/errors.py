@@ -160,7 +160,9 @@ class SnapshotSelectorConflict(DuckMeshError):
 
 
 class QueryTimeout(DuckMeshError):
-    error_code, http_status, retryable = "QUERY_TIMEOUT", 408, True
+    """The query ran out of time; running it again will too (raise timeout_ms or narrow the query)."""
+
+    error_code, http_status = "QUERY_TIMEOUT", 408
 
 
 class QueryConcurrencyLimit(DuckMeshError):
@@ -215,3 +217,32 @@ class TranslateAnswerInvalid(TranslateFailed):
 
 class TranslateTimeout(TranslateFailed):
     error_code, http_status = "TRANSLATE_TIMEOUT", 504
+
+
+class RemoteError(DuckMeshError):
+    """An error answer of a DuckMesh server, as a client sees it: the server's code, status and flag."""
+
+    error_code = "REMOTE_ERROR"
+
+    def __init__(
+        self, server_code: str, message: str, *, status: int, server_retryable: bool = False,
+        trace_id: str | None = None, retry_after: float | None = None, **context: Any,
+    ) -> None:
+        super().__init__(message, **context)
+        self.server_code = server_code
+        self.status = status
+        self.server_retryable = server_retryable
+        self.trace_id = trace_id
+        self.retry_after = retry_after
+
+
+class ServerUnreachable(DuckMeshError):
+    """A client could not talk to the server at all (connection refused, timeout, not DuckMesh)."""
+
+    error_code, retryable = "SERVER_UNREACHABLE", True
+
+
+class ClientConfigError(DuckMeshError):
+    """A client has no usable server address or key (flags, environment, profile file)."""
+
+    error_code, http_status = "CLIENT_CONFIG_INVALID", 400

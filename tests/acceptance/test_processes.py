@@ -224,6 +224,8 @@ def test_up_with_no_configuration_serves_a_working_system_and_stops_cleanly(
     found = KEY_PATTERN.search(printed)
     assert found, f"no API key printed on stdout:\n{printed}"
     key = found.group(0)
+    chatter = up.stderr()
+    assert "initdb" not in chatter and "pg_ctl" not in chatter, "the embedded PostgreSQL's start-up chatter is logged"
 
     with httpx.Client(base_url=up.base_url, trust_env=False, timeout=30.0) as http:
         response = http.post("/v1/tables", headers=bearer(key), json={"table_name": "events", "columns": EVENTS_COLUMNS})
@@ -385,13 +387,13 @@ def test_migrate_down_then_up_rebuilds_an_empty_database(spawn: Spawner, empty_d
             row = conn.execute("SELECT to_regclass('ingest_event') IS NOT NULL").fetchone()
         return bool(row and row[0])
 
-    cli(spawn, "migrate", "down", settings=catalog)  # nothing to revert yet: still a success
+    cli(spawn, "migrate", "down", "--target", "0", "--yes", settings=catalog)  # nothing to revert yet: a success
     cli(spawn, "migrate", "up", settings=catalog)
     latest = status()
     assert latest["current"] == latest["latest"] >= 1 and latest["pending"] == []
     assert has_catalog()
 
-    cli(spawn, "migrate", "down", settings=catalog)
+    cli(spawn, "migrate", "down", "--target", "0", "--yes", settings=catalog)
     assert not has_catalog()
     cli(spawn, "migrate", "up", settings=catalog)
     again = status()

@@ -70,7 +70,7 @@ async def test_every_query_leaves_an_audit_row(
         cur = await conn.execute("SELECT status, error_code, row_count, sql_hash, trace_id FROM query_audit ORDER BY audit_id")
         rows = await cur.fetchall()
     assert [(r["status"], r["error_code"], r["row_count"]) for r in rows] == [
-        ("ok", None, 1), ("error", "SQL_NOT_ALLOWED", None)]
+        ("ok", None, 1), ("error", "TABLE_NOT_FOUND", None)]
     assert all(len(r["sql_hash"]) == 64 and r["trace_id"] for r in rows)
 
 

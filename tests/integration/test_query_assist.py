@@ -12,7 +12,7 @@ import pytest
 
 from duckmesh.api.context import AppContext
 from duckmesh.catalog.db import CatalogPool
-from duckmesh.cli import build_query_assist
+from duckmesh.cli.runtime import build_query_assist
 from duckmesh.domain import Role
 from tests.conftest import KeyMaker, QueryCtx, make_settings
 from tests.fake_openai import FakeOpenAI, running_fake_openai
@@ -86,14 +86,15 @@ async def test_a_fenced_answer_becomes_a_clean_suggestion_the_sandbox_accepts(
     assert (await query_ok(client, headers, response.json()["sql"]))["rows"] == [[5]]
 
 
-@pytest.mark.parametrize(("answer", "refusal"), [
-    ("SELECT * FROM read_csv('/etc/passwd')", "read_csv"),
-    ("```sql\nSELECT * FROM payroll\n```", "unknown table"),
-    ("SELECT 1; DROP TABLE events", "one statement"),
-    ("COPY events TO '/tmp/leak.csv'", "only SELECT"),
+@pytest.mark.parametrize(("answer", "code", "refusal"), [
+    ("SELECT * FROM read_csv('/etc/passwd')", "SQL_NOT_ALLOWED", "read_csv"),
+    ("```sql\nSELECT * FROM payroll\n```", "TABLE_NOT_FOUND", "'payroll' not found"),
+    ("SELECT 1; DROP TABLE events", "SQL_NOT_ALLOWED", "one statement"),
+    ("COPY events TO '/tmp/leak.csv'", "SQL_NOT_ALLOWED", "only SELECT"),
 ])
 async def test_an_answer_that_would_escape_the_sandbox_is_flagged_and_never_run(
-    ctx: QueryCtx, assist_on: FakeOpenAI, pool: CatalogPool, make_key: KeyMaker, answer: str, refusal: str
+    ctx: QueryCtx, assist_on: FakeOpenAI, pool: CatalogPool, make_key: KeyMaker, answer: str, code: str,
+    refusal: str,
 ) -> None:
     client, headers, _ = ctx
     await _events(ctx)
@@ -105,7 +106,7 @@ async def test_an_answer_that_would_escape_the_sandbox_is_flagged_and_never_run(
 
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["sandbox_ok"] is False and body["sandbox_error_code"] == "SQL_NOT_ALLOWED"
+    assert body["sandbox_ok"] is False and body["sandbox_error_code"] == code
     assert body["referenced_tables"] == []
     assert refusal in body["warnings"][0]
     assert "root:" not in response.text

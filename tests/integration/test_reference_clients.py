@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from duckmesh.api.context import AppContext
-from duckmesh.cli import build_query_assist
+from duckmesh.cli.runtime import build_query_assist
 from tests.conftest import QueryCtx, make_settings
 from tests.fake_openai import FakeOpenAI, running_fake_openai
 

@@ -112,7 +112,7 @@ async def test_drop_then_recreate_then_time_travel_sees_the_old_table(
     assert dropped.status_code == 200, dropped.text
     assert (await client.get("/v1/tables/things", headers=headers)).status_code == 404
     gone = await client.post("/v1/query", headers=headers, json={"sql": "SELECT * FROM things"})
-    assert gone.status_code == 400 and gone.json()["error_code"] == "SQL_NOT_ALLOWED"
+    assert gone.status_code == 404 and gone.json()["error_code"] == "TABLE_NOT_FOUND"
     async with pool.connection() as conn:
         cur = await conn.execute("SELECT state, failure_reason FROM ingest_event WHERE visibility_token = %s",
                                  (pending["max_visibility_token"],))

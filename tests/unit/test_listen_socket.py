@@ -1,6 +1,6 @@
 import socket
 
-from duckmesh.cli import _bind
+from duckmesh.cli.serve import _bind
 from duckmesh.config import Settings
 from tests.conftest import free_port
 

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 from fastapi.routing import APIRoute
 
-from duckmesh.api.routers import ops
+from duckmesh.api.routers import ops, probes
 from duckmesh.observability import metrics
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -48,7 +48,7 @@ def _yaml(path: Path) -> dict[str, Any]:
 
 def test_the_example_scrape_config_loads_the_shipped_rules_and_scrapes_the_served_metrics_route() -> None:
     config = _yaml(DEPLOY / "prometheus" / "scrape.example.yml")
-    served = {route.path for route in ops.router.routes if isinstance(route, APIRoute)}
+    served = {route.path for module in (ops, probes) for route in module.router.routes if isinstance(route, APIRoute)}
 
     assert config["rule_files"] and all((DEPLOY / "prometheus" / f).is_file() for f in config["rule_files"])
     jobs = config["scrape_configs"]

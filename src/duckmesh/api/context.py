@@ -1,4 +1,4 @@
-"""What the API needs, built once by the composition root (``cli.py``) and shared by requests."""
+"""What the HTTP servers need, built once by the composition root (``duckmesh.cli.runtime``)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,18 @@ from duckmesh.storage.base import ObjectStore
 
 
 @dataclass
+class OpsContext:
+    """What every process's HTTP server needs for its probes and metrics (worker processes serve only those)."""
+
+    settings: Settings
+    pool: CatalogPool
+    store: ObjectStore
+
+
+@dataclass
 class AppContext:
+    """What the full API needs: the data plane's services, shared by every request."""
+
     settings: Settings
     pool: CatalogPool
     bus: IngestBus

@@ -106,7 +106,8 @@ class RequestContextMiddleware:
             metrics.HTTP_REQUESTS.labels(method, route, str(status)).inc()
             metrics.HTTP_DURATION.labels(method, route).observe(duration)
             log.info("http_request", extra={
-                "method": method, "route": route, "status": status, "duration_ms": round(duration * 1000, 3),
+                "method": method, "path": scope.get("path", ""), "route": route, "status": status,
+                "duration_ms": round(duration * 1000, 3),
             })
             trace_id_var.reset(token)
 

@@ -60,9 +60,10 @@ class CatalogPool:
             max_size=max_size,
             open=False,
             name=name,
+            # application_name lets `duckmesh migrate down` see which DuckMesh processes are connected.
             # A session that stalls inside a transaction (a SIGSTOPped worker holding the tenant's
             # head or counter lock) is ended by the server, which releases its locks.
-            kwargs={"autocommit": True, "row_factory": dict_row,
+            kwargs={"autocommit": True, "row_factory": dict_row, "application_name": name[:63],
                     "options": f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"},
             timeout=10.0,
         )

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row
+
+from duckmesh.errors import CatalogUnavailable
 
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.(up|down)\.sql$")
 # Serializes concurrent migrators (several processes starting at once).
@@ -35,6 +41,29 @@ def latest_version() -> int:
     return migrations[-1].version if migrations else 0
 
 
+@contextmanager
+def _connect(dsn: str) -> Iterator[psycopg.Connection[Any]]:
+    """A migration connection; an unreachable catalog is CatalogUnavailable (one clear CLI line)."""
+    try:
+        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10, application_name="duckmesh-migrate")
+    except psycopg.OperationalError as exc:
+        raise CatalogUnavailable("catalog database is not reachable") from exc
+    with conn:
+        yield conn
+
+
+def connected_processes(dsn: str) -> list[dict[str, Any]]:
+    """Other sessions of DuckMesh processes (their pools set application_name) on the catalog database."""
+    with _connect(dsn) as conn, conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "SELECT pid, application_name, backend_start FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            " AND application_name LIKE 'duckmesh%%' AND application_name <> 'duckmesh-migrate'"
+            " ORDER BY backend_start"
+        )
+        return list(cur.fetchall())
+
+
 def _ensure_table(conn: psycopg.Connection) -> None:
     conn.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations ("
@@ -52,7 +81,7 @@ def applied(conn: psycopg.Connection) -> list[int]:
 def upgrade(dsn: str, target: int | None = None) -> list[int]:
     """Apply pending migrations up to ``target`` (default: latest); each in its own transaction."""
     done: list[int] = []
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with _connect(dsn) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
         try:
             _ensure_table(conn)
@@ -76,7 +105,7 @@ def downgrade(dsn: str, target: int = 0) -> list[int]:
     """Revert applied migrations above ``target``, newest first."""
     undone: list[int] = []
     by_version = {m.version: m for m in available()}
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with _connect(dsn) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
         try:
             _ensure_table(conn)
@@ -93,7 +122,7 @@ def downgrade(dsn: str, target: int = 0) -> list[int]:
 
 
 def status(dsn: str) -> dict[str, object]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with _connect(dsn) as conn:
         done = applied(conn)
     names = {m.version: m.name for m in available()}
     return {

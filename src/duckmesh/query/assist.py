@@ -25,6 +25,7 @@ from sqlglot.errors import ParseError, TokenError
 from duckmesh.errors import (
     QueryInvalid,
     SqlNotAllowed,
+    TableNotFound,
     TranslateAnswerInvalid,
     TranslateFailed,
     TranslateTimeout,
@@ -122,7 +123,7 @@ def sandbox_verdict(sql: str, overview: SchemaOverview) -> tuple[bool, str | Non
     """(allowed, error code, warnings, tables read): the verdict ``POST /v1/query`` would give."""
     try:
         checked = sandbox.check(sql, [t.table_name for t in overview.tables])
-    except (SqlNotAllowed, QueryInvalid) as exc:
+    except (SqlNotAllowed, QueryInvalid, TableNotFound) as exc:
         return False, exc.error_code, (f"the sandbox would refuse this query: {exc.message}",), ()
     return True, None, (), tuple(sorted(checked.tables))
 

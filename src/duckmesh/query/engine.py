@@ -171,9 +171,9 @@ class QueryEngine:
                 raise SqlNotAllowed("the query tried to access something outside its tables") from None
             except duckdb.IOException as exc:
                 _raise_if_missing(tables, paths)
-                raise QueryInvalid(_first_line(exc)) from None
+                raise QueryInvalid(_duckdb_message(exc)) from None
             except duckdb.Error as exc:
-                raise QueryInvalid(_first_line(exc)) from None
+                raise QueryInvalid(_duckdb_message(exc)) from None
             finally:
                 timer.cancel()
         truncated = table.num_rows > row_limit
@@ -214,5 +214,8 @@ def _raise_if_missing(tables: Sequence[BoundTable], paths: dict[str, str]) -> No
             raise _missing(tables, key) from None
 
 
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0][:500] if str(exc).strip() else type(exc).__name__
+def _duckdb_message(exc: Exception) -> str:
+    """DuckDB's whole message: its hints ("Did you mean", candidate bindings) and the caret line
+    that points at the error are what make it useful."""
+    text = str(exc).strip()
+    return text[:2000] if text else type(exc).__name__

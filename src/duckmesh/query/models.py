@@ -17,6 +17,7 @@ class QueryRequest(BaseModel):
     min_visibility_token: int | None = None
     consistency_timeout_ms: int = Field(default=3000, ge=0)
     row_limit: int | None = Field(default=None, ge=1)
+    timeout_ms: int | None = Field(default=None, ge=1)
 
 
 class QueryStats(BaseModel):

@@ -9,6 +9,7 @@ except the tenant's own file directory, and configuration locked.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import re
 from collections.abc import Iterable
@@ -18,7 +19,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
-from duckmesh.errors import QueryInvalid, SqlNotAllowed
+from duckmesh.errors import QueryInvalid, SqlNotAllowed, TableNotFound
 
 # Function names refused anywhere: file/URL readers, environment and settings access,
 # catalog introspection, dynamic SQL and extension loading.
@@ -36,6 +37,19 @@ _REFUSED_STATEMENTS = (
 )
 # Table functions that only generate values (no I/O) may appear in FROM.
 _ALLOWED_TABLE_FUNCTIONS = (exp.GenerateSeries, exp.Unnest, exp.ExplodingGenerateSeries)
+
+
+# What people coming from other engines type, and where DuckMesh has it instead.
+_STATEMENT_HINTS = {
+    "show": "SHOW is not run here: GET /v1/tables lists your tables (duckmesh tables)",
+    "describe": "DESCRIBE is not run here: GET /v1/tables/{table} has the columns (duckmesh describe TABLE)",
+    "summarize": "SUMMARIZE is not run here: GET /v1/tables/{table} has the columns and stats",
+}
+_TIME_TRAVEL = re.compile(r"\bAT\s*\(\s*(VERSION|TIMESTAMP)\s*=>", re.IGNORECASE)
+_FORMAT_CLAUSE = re.compile(r"\bFORMAT\s+([A-Za-z]\w*)\s*;?\s*$", re.IGNORECASE)
+# Names of other engines' catalogs: refused as such, never suggested as typos of a table.
+_PLAIN_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_SYSTEM_NAMES = re.compile(r"^(pg_|duckdb_|sqlite_|information_schema|sys)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -95,6 +109,7 @@ def check(sql: str, tenant_tables: Iterable[str]) -> CheckedQuery:
 def _check_cached(sql: str, allowed: frozenset[str]) -> CheckedQuery:
     if not sql or not sql.strip():
         raise SqlNotAllowed("the query is empty")
+    _refuse_other_dialects(sql)
     try:
         statements = [s for s in sqlglot.parse(sql, read="duckdb") if s is not None]
     except (ParseError, TokenError) as exc:
@@ -103,7 +118,9 @@ def _check_cached(sql: str, allowed: frozenset[str]) -> CheckedQuery:
         raise SqlNotAllowed("exactly one statement is allowed", statements=len(statements))
     tree = statements[0]
     if not isinstance(tree, exp.Query):
-        raise SqlNotAllowed("only SELECT (or WITH ... SELECT) queries are allowed", statement=tree.key)
+        hint = _STATEMENT_HINTS.get(tree.key)
+        raise SqlNotAllowed("only SELECT (or WITH ... SELECT) queries are allowed" + (f"; {hint}" if hint else ""),
+                            statement=tree.key, **({"hint": hint} if hint else {}))
     used: set[str] = set()
     for node in tree.walk():
         if isinstance(node, exp.Func):
@@ -131,5 +148,29 @@ def _check_table(node: exp.Table, allowed: frozenset[str], ctes: set[str]) -> se
     if name in ctes:
         return set()
     if name not in allowed:
-        raise SqlNotAllowed(f"unknown table {target.this!r}", table=str(target.this))
+        if _SYSTEM_NAMES.match(name) or not _PLAIN_NAME.match(name):
+            raise SqlNotAllowed(f"unknown table {target.this!r}", table=str(target.this))
+        raise _table_not_found(str(target.this), allowed)
     return {name}
+
+
+def _table_not_found(name: str, allowed: frozenset[str]) -> TableNotFound:
+    suggestions = difflib.get_close_matches(name.lower(), sorted(allowed), n=3, cutoff=0.75)
+    guess = f"; did you mean {' or '.join(repr(s) for s in suggestions)}?" if suggestions else ""
+    return TableNotFound(f"table {name!r} not found{guess}", table=name, suggestions=suggestions,
+                         hint="GET /v1/tables lists your tables (duckmesh tables)")
+
+
+def _refuse_other_dialects(sql: str) -> None:
+    """Time travel and output formats are request fields here, not SQL clauses: say so."""
+    if _TIME_TRAVEL.search(sql):
+        raise SqlNotAllowed(
+            "time travel is chosen in the request, not in SQL",
+            hint='send "snapshot_id": N or "snapshot_time": "RFC 3339" with the query (duckmesh sql --snapshot N)',
+        )
+    found = _FORMAT_CLAUSE.search(sql)
+    if found:
+        raise QueryInvalid(
+            f"FORMAT {found.group(1)} is not SQL DuckMesh runs: the answer's format is a query parameter",
+            hint="POST /v1/query?format=json|csv|ndjson|arrow (duckmesh sql -f csv)",
+        )

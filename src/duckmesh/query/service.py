@@ -270,7 +270,9 @@ class QueryService:
         try:
             checked = sandbox.check(request.sql, leased.tables)
             bound = await self._bind(tenant_id, leased.resolved.snapshot_id, leased.tables, checked.tables)
-            result = await self._run(tenant_id, bound, checked.sql, request.params, row_limit)
+            # A request may ask for less time than the server's cap, never more.
+            timeout = min(request.timeout_ms / 1000, self.limits.timeout) if request.timeout_ms else self.limits.timeout
+            result = await self._run(tenant_id, bound, checked.sql, request.params, row_limit, timeout)
         finally:
             self._release(leased.lease_id)
         files = sum(t.file_count for t in bound)
@@ -280,7 +282,7 @@ class QueryService:
         return QueryOutcome(result, leased.resolved, (time.perf_counter() - started) * 1000, files, size)
 
     async def _run(
-        self, tenant_id: TenantId, bound: list[BoundTable], sql: str, params: Any, row_limit: int
+        self, tenant_id: TenantId, bound: list[BoundTable], sql: str, params: Any, row_limit: int, timeout: float
     ) -> EngineResult:
         try:
             await asyncio.wait_for(self._slots.acquire(), self.limits.queue_timeout)
@@ -290,7 +292,7 @@ class QueryService:
             ) from None
         try:
             return await asyncio.to_thread(
-                self._engine.run, tenant_id, bound, sql, params, row_limit, self.limits.timeout
+                self._engine.run, tenant_id, bound, sql, params, row_limit, timeout
             )
         finally:
             self._slots.release()

@@ -44,8 +44,10 @@ class S3ObjectStore:
             region_name=region,
             aws_access_key_id=access_key_id,
             aws_secret_access_key=secret_access_key,
-            # Retries are ours (RetryingObjectStore) so that backoff and metrics are uniform.
-            config=Config(retries={"max_attempts": 1}, connect_timeout=5, read_timeout=30),
+            # Retries are ours (RetryingObjectStore) so that backoff and metrics are uniform. A custom
+            # endpoint (MinIO, moto, ...) is addressed path-style: bucket.host names rarely resolve there.
+            config=Config(retries={"max_attempts": 1}, connect_timeout=5, read_timeout=30,
+                          s3={"addressing_style": "path" if endpoint_url else "auto"}),
         )
 
     def _key(self, key: str) -> str:

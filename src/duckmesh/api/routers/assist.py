@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from duckmesh.api.auth import require
 from duckmesh.api.context import AppContext
+from duckmesh.api.routing import api_router
 from duckmesh.catalog import audit
 from duckmesh.catalog.tenants import Principal
 from duckmesh.domain import Role
@@ -16,7 +17,7 @@ from duckmesh.errors import PromptRequired, TranslateNotConfigured
 from duckmesh.observability.logging import trace_id_var
 from duckmesh.query.overview import MAX_SAMPLE_ROWS, OverviewReader
 
-router = APIRouter(tags=["query"])
+router = api_router("query")
 Reader = Annotated[Principal, Depends(require(Role.QUERY_READER))]
 
 

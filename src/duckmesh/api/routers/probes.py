@@ -1,0 +1,50 @@
+"""Health, readiness and metrics: served by every process type, no key needed (scrapers and probes)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from duckmesh.api.context import AppContext, OpsContext
+from duckmesh.catalog import migrate
+from duckmesh.errors import NotReady
+from duckmesh.observability import metrics
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/v1/health")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/v1/ready", responses={503: {}})
+async def ready(request: Request) -> dict[str, Any]:
+    ctx: AppContext | OpsContext = request.app.state.ctx
+    checks: dict[str, str] = {}
+    try:
+        async with ctx.pool.connection() as conn:
+            cur = await conn.execute("SELECT coalesce(max(version), 0) AS v FROM schema_migrations")
+            row = await cur.fetchone()
+        current = row["v"] if row else 0
+        checks["catalog"] = "ok"
+        checks["migrations"] = "ok" if current == migrate.latest_version() else f"at {current}"
+    except Exception:
+        checks["catalog"] = "unreachable"
+    try:
+        await asyncio.wait_for(asyncio.to_thread(ctx.store.check_writable), timeout=5)
+        checks["object_store"] = "ok"
+    except Exception:
+        checks["object_store"] = "not writable"
+    failed = sorted(name for name, state in checks.items() if state != "ok")
+    if failed:
+        raise NotReady(f"not ready: {', '.join(failed)}", failed=failed, checks=checks)
+    return {"status": "ready", "checks": checks}
+
+
+@router.get("/v1/metrics", response_class=Response)
+async def prometheus() -> Response:
+    return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

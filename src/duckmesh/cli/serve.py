@@ -1,0 +1,176 @@
+"""The server processes: ``up`` (all in one), ``api``, ``coordinator``, ``compactor``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Iterator
+
+import typer
+import uvicorn
+
+from duckmesh.api.app import create_app
+from duckmesh.bus.operations import lag_by_tenant
+from duckmesh.catalog import migrate, tenants
+from duckmesh.catalog.db import redact_dsn
+from duckmesh.cli.runtime import ProcessRole, Runtime, catalog_dsn, cli_errors, load_settings, open_runtime
+from duckmesh.config import Settings
+from duckmesh.domain import ALL_ROLES
+from duckmesh.errors import ConfigError
+from duckmesh.maintenance.service import MaintenanceIntervals
+from duckmesh.observability.sampler import run_lag_sampler
+
+log = logging.getLogger("duckmesh")
+
+
+class _Server(uvicorn.Server):
+    """Uvicorn without its own signal capture: our handler stops API and workers together."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted connections only when the
+    # listener says TCP; without it Nagle + delayed ACKs add ~40 ms to small responses.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        # Listen at once: a second process on the same port must fail here, before it prints
+        # or starts anything (SO_REUSEADDR alone lets two unlistened binds coexist on Linux).
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}", http_addr=f"{host}:{port}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _maintenance_intervals(settings: Settings) -> MaintenanceIntervals:
+    return MaintenanceIntervals(
+        settings.maintenance_compaction_interval_s, settings.maintenance_retention_interval_s,
+        settings.maintenance_integrity_interval_s,
+    )
+
+
+def _workers(runtime: Runtime, stop: asyncio.Event) -> list[asyncio.Task[None]]:
+    """The background work of the process's role, beside its HTTP server."""
+    tasks: list[asyncio.Task[None]] = []
+    if runtime.coordinator is not None:
+        tasks.append(asyncio.create_task(runtime.coordinator.run(stop), name="coordinator"))
+    if runtime.role.compacts and runtime.maintenance is not None:
+        loops = runtime.maintenance.run_loops(stop, _maintenance_intervals(runtime.settings))
+        tasks.append(asyncio.create_task(loops, name="maintenance"))
+    api = runtime.api
+    if api is not None:
+        observe = api.ingest.admission.observe_pending
+        sampler = run_lag_sampler(lambda: lag_by_tenant(runtime.pool), stop, on_pending=observe)
+        tasks.append(asyncio.create_task(sampler, name="lag"))
+    return tasks
+
+
+async def _serve(runtime: Runtime, sock: socket.socket) -> None:
+    """Serve until SIGTERM/SIGINT or until a worker fails; then stop everything together."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    server = _Server(uvicorn.Config(
+        create_app(runtime.web), log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=10,
+    ))
+    tasks = [asyncio.create_task(server.serve(sockets=[sock]), name="http"), *_workers(runtime, stop)]
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+    stop.set()
+    server.should_exit = True
+    await asyncio.gather(*tasks, return_exceptions=True)
+    stopper.cancel()
+    for task in done:
+        failure = None if task is stopper else task.exception()
+        if failure is not None:
+            raise failure
+    log.info("shutdown_complete")
+
+
+async def _bootstrap(runtime: Runtime) -> None:
+    """Ensure the bootstrap tenant has a key and print how to use it (once)."""
+    settings = runtime.settings
+    async with runtime.pool.connection() as conn:
+        tenant = await tenants.ensure_tenant(conn, settings.bootstrap_tenant)
+        if settings.bootstrap_api_key:
+            await tenants.create_key(conn, tenant.tenant_id, ALL_ROLES, settings.bootstrap_api_key)
+            secret = None
+        elif any(k.revoked_at is None for k in await tenants.list_keys(conn, tenant.tenant_id)):
+            secret = None
+        else:
+            _, secret = await tenants.create_key(conn, tenant.tenant_id, ALL_ROLES)
+    base = f"http://{settings.http_addr}"
+    lines = [f"DuckMesh is up on {base}  (tenant: {tenant.name})", f"  web console: {base}/   API docs: {base}/docs"]
+    if secret:
+        lines += [
+            f"API key for tenant {tenant.name!r}, all roles (shown once, store it now): {secret}",
+            f"  curl -H 'Authorization: Bearer {secret}' {base}/v1/tables",
+            f"  export DUCKMESH_SERVER={base} DUCKMESH_API_KEY={secret}",
+            "  .venv/bin/duckmesh tables        # the client CLI (or: source .venv/bin/activate)",
+        ]
+    elif not settings.bootstrap_api_key:
+        lines.append("The bootstrap tenant already has a key; create more with `duckmesh key create`.")
+    if not settings.auth_required:
+        log.warning("auth_disabled", extra={"hint": "DUCKMESH_AUTH_REQUIRED=false: X-Tenant-ID names the tenant"})
+    print("\n".join(lines), flush=True)
+
+
+def _run(role: ProcessRole) -> None:
+    settings = load_settings(role.value)
+    with cli_errors():
+        # Bind first: a busy port fails before migrations, the catalog or any banner.
+        sock = _bind(settings.http_host, settings.http_port)
+        try:
+            dsn = catalog_dsn(settings)
+            if role is ProcessRole.UP:
+                migrate.upgrade(dsn)
+            log.info("starting", extra={"role": role.value, "catalog": redact_dsn(dsn),
+                                        "http_addr": settings.http_addr})
+            asyncio.run(_main(settings, dsn, role, sock))
+        finally:
+            sock.close()
+
+
+async def _main(settings: Settings, dsn: str, role: ProcessRole, sock: socket.socket) -> None:
+    async with open_runtime(settings, dsn, role) as runtime:
+        if role is ProcessRole.UP:
+            await _bootstrap(runtime)
+        elif role is ProcessRole.API and not settings.auth_required:
+            log.warning("auth_disabled", extra={"hint": "X-Tenant-ID names the tenant"})
+        await _serve(runtime, sock)
+
+
+def up() -> None:
+    """Everything in one process: migrations, bootstrap tenant and key, API + console, coordinator, compactor."""
+    _run(ProcessRole.UP)
+
+
+def api() -> None:
+    """Serve the HTTP API and the web console (run any number)."""
+    _run(ProcessRole.API)
+
+
+def coordinator() -> None:
+    """Claim events, write Parquet, publish snapshots (run any number). Serves health/ready/metrics."""
+    _run(ProcessRole.COORDINATOR)
+
+
+def compactor() -> None:
+    """Compaction, retention/GC and integrity loops (run any number). Serves health/ready/metrics."""
+    _run(ProcessRole.COMPACTOR)
+
+
+def register(app: typer.Typer, panel: str) -> None:
+    for command in (up, api, coordinator, compactor):
+        app.command(rich_help_panel=panel)(command)
