@@ -9,7 +9,6 @@ samples (inclusive). Without py-spy the section says so and the rest of the repo
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import math
 import re
 import shutil
@@ -22,13 +21,12 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import load
 import psycopg
 from context import Bench
-from data import EVENT_COLUMNS, event_json
+from data import EVENT_COLUMNS, ingest_body
 from harness import CpuMeter, Proc
 from ingest_suite import drain
 from report import count, pct, table
@@ -148,16 +146,14 @@ class WaitSampler:
 
 
 def publish_alone(dsn: str, key: str, batch: int, repeats: int = 40) -> float:
-    """Median seconds of the real ``PostgresBus.publish`` for ``batch`` records, one at a time
+    """Median seconds of the real ``PostgresBus.publish`` for one request of ``batch`` records
     with nothing else running (the length of the critical section without contention)."""
-    import orjson
-
-    from duckmesh.bus.base import NewEvent
+    from duckmesh.bus.base import NewSegment, encode_segment
     from duckmesh.bus.postgres import PostgresBus
     from duckmesh.catalog import tables, tenants
     from duckmesh.catalog.db import CatalogPool
     from duckmesh.domain import Op
-    from duckmesh.schema import PayloadValidator
+    from duckmesh.ingest.validate import BodyForm, RecordValidator
 
     async def measure() -> float:
         async with CatalogPool(dsn, max_size=2) as pool:
@@ -165,21 +161,19 @@ def publish_alone(dsn: str, key: str, batch: int, repeats: int = 40) -> float:
                 principal = await tenants.authenticate(conn, key)
                 table_def = await tables.get_table(conn, principal.tenant_id, "events")
             bus = PostgresBus(pool)
-            validator = PayloadValidator(table_def.schema)
+            # Records validated and encoded exactly as the ingest service does before it publishes.
+            validator = RecordValidator(table_def.schema, max_records=batch, max_payload_bytes=1 << 20)
             times = []
             for n in range(repeats):
-                events = []
-                for i in range(n * batch, (n + 1) * batch):
-                    # Canonical payloads and hashes exactly as IngestService makes them (the coordinator
-                    # materializes these events afterwards).
-                    canonical, _ = validator.canonical(orjson.loads(event_json(i + (1 << 50))), Op.INSERT)
-                    payload = orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS).decode()
-                    digest = hashlib.sha256(payload.encode())
-                    digest.update(b"|")
-                    events.append(NewEvent(f"p{i}", Op.INSERT, payload, digest.digest(), datetime.now(UTC)))
+                body = ingest_body((1 << 50) + n * batch, batch, key_prefix="p").decode()
+                records = validator.parse(body.encode(), BodyForm.OBJECT, default_op=Op.INSERT, keys_required=True)
+                segment = NewSegment(table_def.table_id, table_def.schema_version, encode_segment(records.table),
+                                     records.count, records.keys, records.digests)
                 started = time.perf_counter()
-                await bus.publish(principal.tenant_id, table_def.table_id, table_def.schema_version, events)
+                outcomes = await bus.publish(principal.tenant_id, [segment])
                 times.append(time.perf_counter() - started)
+                if isinstance(outcomes[0], Exception):
+                    raise outcomes[0]
             return statistics.median(times[5:])
 
     return asyncio.run(measure())

@@ -42,7 +42,7 @@ def _gc_rep(bench: Bench, rep: int) -> dict[str, float]:
         api.wait_drained(timeout=900)
         create_s = time.perf_counter() - started
         live, dead = bench.cluster.query(
-            "SELECT n_live_tup, n_dead_tup FROM pg_stat_user_tables WHERE relname = 'ingest_event'")[0]
+            "SELECT n_live_tup, n_dead_tup FROM pg_stat_user_tables WHERE relname = 'ingest_segment'")[0]
         started = time.perf_counter()
         summary = api.compact("events")["summary"]["tables"]["events"]
         compact_s = time.perf_counter() - started
@@ -81,7 +81,7 @@ def run(bench: Bench) -> str:
     cluster.execute("VACUUM FULL")
     vacuumed = _sizes(cluster)
     counts = {name: int(cluster.query(f"SELECT count(*) FROM {name}")[0][0])
-              for name in ("ingest_event", "snapshot", "data_file", "file_live_range", "snapshot_file",
+              for name in ("ingest_segment", "ingest_key", "snapshot", "data_file", "file_live_range", "snapshot_file",
                            "query_audit", "admin_audit")}
     bench.headline.update(gc_create_rate=[r["create_rate"] for r in reps], bus_live=[r["bus_live"] for r in reps],
                           bus_dead=[r["bus_dead"] for r in reps])

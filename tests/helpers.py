@@ -115,3 +115,64 @@ async def wait_until_blocked(pool: CatalogPool, count: int = 1, timeout: float =
             return
         assert loop.time() < deadline, "the operation never waited on the lock"
         await asyncio.sleep(0.02)
+
+
+# --- the segment bus, as tests look at it ------------------------------------------------------
+
+async def accepted_records(pool: CatalogPool, tenant_id: int | None = None, table_id: int | None = None) -> int:
+    """Records ever accepted onto the bus (every segment, whatever its state)."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT coalesce(sum(record_count), 0)::bigint AS n FROM ingest_segment"
+            " WHERE (%(t)s::bigint IS NULL OR tenant_id = %(t)s) AND (%(tb)s::bigint IS NULL OR table_id = %(tb)s)",
+            {"t": tenant_id, "tb": table_id},
+        )
+        row = await cur.fetchone()
+    return int(row["n"]) if row else 0
+
+
+async def bus_records(pool: CatalogPool, tenant_id: int | None = None) -> list[dict[str, Any]]:
+    """Records still on the bus (segments not yet resolved), in token order: key, token, op."""
+    import pyarrow as pa
+
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT min_token, data FROM ingest_segment WHERE data IS NOT NULL"
+            " AND (%(t)s::bigint IS NULL OR tenant_id = %(t)s) ORDER BY min_token",
+            {"t": tenant_id},
+        )
+        rows = await cur.fetchall()
+    found = []
+    for row in rows:
+        table = pa.ipc.open_stream(pa.py_buffer(row["data"])).read_all()
+        for offset, (key, op) in enumerate(zip(table.column("_dm_key").to_pylist(), table.column("_dm_op").to_pylist(),
+                                               strict=True)):
+            found.append({"idempotency_key": key, "visibility_token": row["min_token"] + offset, "op": op})
+    return found
+
+
+async def segment_states(pool: CatalogPool, tenant_id: int) -> dict[str, int]:
+    """Records per segment state of a tenant, e.g. {"committed": 10}."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT state, sum(record_count)::bigint AS n FROM ingest_segment WHERE tenant_id = %s GROUP BY state",
+            (tenant_id,),
+        )
+        return {r["state"]: int(r["n"]) for r in await cur.fetchall()}
+
+
+def poison(monkeypatch: Any, column: str, value: Any) -> list[bool]:
+    """Make the coordinator unable to materialize every record whose ``column`` equals ``value``
+    (as a bug in the materialization would); returns a switch: set ``[0] = False`` to fix it."""
+    from duckmesh.coordinator import materialize
+
+    build = materialize.build_table
+    active = [True]
+
+    def refusing(records: Any, schema: Any) -> Any:
+        if active[0] and column in records.column_names and value in records.column(column).to_pylist():
+            raise ValueError(f"cannot materialize {column}={value!r}")
+        return build(records, schema)
+
+    monkeypatch.setattr(materialize, "build_table", refusing)
+    return active

@@ -10,12 +10,15 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Sequence
+from datetime import date, datetime
 
 import orjson
 import pyarrow as pa
 import pyarrow.json as pa_json
 
-from duckmesh.schema import TableSchema, arrow_type, decode_special_float
+from duckmesh.schema import TableSchema, arrow_type, decode_special_float, timestamp_micros
+
+_EPOCH = date(1970, 1, 1)
 
 _READ_AS = {
     "timestamp": pa.int64(), "date": pa.int32(), "binary": pa.string(), "json": pa.string(),
@@ -63,3 +66,32 @@ def _canonical_table_slow(payloads: Sequence[str], schema: TableSchema) -> pa.Ta
     return pa.table(columns, names=[c.name for c in schema.columns])
 
 
+
+
+def canonical_rows(table: pa.Table, schema: TableSchema) -> list[str]:
+    """The inverse of ``canonical_table`` for the rows of a table in storage types: one canonical
+    JSON payload per row (dead letters keep their records this way). Per-value Python: only the
+    rare path of records that could not be materialized uses it."""
+    names = [c.name for c in schema.columns]
+    columns = {c.name: table.column(c.name).to_pylist() for c in schema.columns if c.name in table.column_names}
+    rows = []
+    for index in range(table.num_rows):
+        payload = {}
+        for column in schema.columns:
+            value = columns.get(column.name, [None] * table.num_rows)[index]
+            if value is not None:
+                payload[column.name] = _canonical_value(value, column.type)
+        rows.append(orjson.dumps({n: payload[n] for n in names if n in payload}, option=orjson.OPT_SORT_KEYS).decode())
+    return rows
+
+
+def _canonical_value(value: object, type_name: str) -> object:
+    if type_name == "timestamp" and isinstance(value, datetime):
+        return timestamp_micros(value)
+    if type_name == "date" and isinstance(value, date):
+        return (value - _EPOCH).days
+    if type_name.startswith("decimal"):
+        return format(value, "f")
+    if type_name == "binary" and isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    return value

@@ -51,3 +51,7 @@ TOKEN_COLUMN = "_dm_token"
 OP_COLUMN = "_dm_op"
 EVENT_TIME_COLUMN = "_dm_event_time"
 HIDDEN_COLUMNS = (TOKEN_COLUMN, OP_COLUMN, EVENT_TIME_COLUMN)
+# Columns of a bus segment beside the user columns (never in data files).
+KEY_COLUMN = "_dm_key"  # the record's idempotency key (null when the request had none)
+VERSION_COLUMN = "_dm_version"  # only in replays: the version (original token) of each record
+SegmentId = NewType("SegmentId", int)

@@ -60,6 +60,13 @@ class TableNotFound(DuckMeshError):
     error_code, http_status = "TABLE_NOT_FOUND", 404
 
 
+class SchemaChanged(DuckMeshError):
+    """The table's schema version moved between validation and acceptance (a concurrent ALTER);
+    the request is validated again against the new version."""
+
+    error_code, http_status, retryable = "SCHEMA_CHANGED", 409, True
+
+
 class TenantNotFound(DuckMeshError):
     error_code, http_status = "TENANT_NOT_FOUND", 404
 

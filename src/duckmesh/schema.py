@@ -44,7 +44,7 @@ CompatibilityMode = Literal["backward", "forward", "full", "none"]
 _EPOCH_DATE = date(1970, 1, 1)
 _DATE_SHAPE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 # Up to 9 fractional digits: Go's RFC3339Nano, Java's Instant and .NET's "o" format send 7-9.
-_TIMESTAMP_SHAPE = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})?$")
+TIMESTAMP_SHAPE = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})?$")
 _SUB_MICROSECOND = re.compile(r"(\.\d{6})\d{1,3}")
 _DECIMAL_CONTEXT = Context(prec=80)
 _INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
@@ -324,7 +324,7 @@ def parse_timestamp(value: Any) -> datetime:
     truncated (never rounded, so a value never moves into the next second or day)."""
     if not isinstance(value, str):
         raise ValueError("expected an RFC 3339 timestamp string")
-    if not _TIMESTAMP_SHAPE.match(value):
+    if not TIMESTAMP_SHAPE.match(value):
         raise ValueError("invalid RFC 3339 timestamp")
     try:
         parsed = datetime.fromisoformat(_SUB_MICROSECOND.sub(r"\1", value, count=1))

@@ -24,7 +24,7 @@ def one_line_error(stderr: str, *needles: str) -> None:
 
 def has_catalog(dsn: str) -> bool:
     with psycopg.connect(dsn) as conn:
-        row = conn.execute("SELECT to_regclass('ingest_event') IS NOT NULL").fetchone()
+        row = conn.execute("SELECT to_regclass('ingest_segment') IS NOT NULL").fetchone()
     return bool(row and row[0])
 
 

@@ -82,7 +82,7 @@ async def fetch_one(pool: CatalogPool, query: str, *params: object) -> dict[str,
 async def event_states(pool: CatalogPool, tenant_id: int | None = None) -> dict[str, int]:
     async with pool.connection() as conn:
         cur = await conn.execute(
-            "SELECT state, count(*) AS n FROM ingest_event WHERE %(t)s::bigint IS NULL OR tenant_id = %(t)s"
+            "SELECT state, sum(record_count) AS n FROM ingest_segment WHERE %(t)s::bigint IS NULL OR tenant_id = %(t)s"
             " GROUP BY state",
             {"t": tenant_id},
         )
@@ -91,7 +91,7 @@ async def event_states(pool: CatalogPool, tenant_id: int | None = None) -> dict[
 
 async def claimed_by(pool: CatalogPool, owner: str) -> int:
     row = await fetch_one(
-        pool, "SELECT count(*) AS n FROM ingest_event WHERE state = 'claimed' AND lease_owner = %s", owner
+        pool, "SELECT count(*) AS n FROM ingest_segment WHERE state = 'claimed' AND lease_owner = %s", owner
     )
     return int(row["n"])
 
@@ -105,8 +105,8 @@ async def wait_for_claim(pool: CatalogPool, worker: DuckMeshProcess, owner: str,
     while time.monotonic() < deadline:
         row = await fetch_one(
             pool,
-            "SELECT EXISTS (SELECT 1 FROM ingest_event WHERE state = 'claimed' AND lease_owner = %s) AS held,"
-            " EXISTS (SELECT 1 FROM ingest_event WHERE tenant_id = %s AND state IN ('accepted', 'claimed'))"
+            "SELECT EXISTS (SELECT 1 FROM ingest_segment WHERE state = 'claimed' AND lease_owner = %s) AS held,"
+            " EXISTS (SELECT 1 FROM ingest_segment WHERE tenant_id = %s AND state IN ('accepted', 'claimed'))"
             " AS pending",
             owner, tenant_id,
         )
@@ -384,7 +384,7 @@ def test_migrate_down_then_up_rebuilds_an_empty_database(spawn: Spawner, empty_d
 
     def has_catalog() -> bool:
         with psycopg.connect(empty_dsn) as conn:
-            row = conn.execute("SELECT to_regclass('ingest_event') IS NOT NULL").fetchone()
+            row = conn.execute("SELECT to_regclass('ingest_segment') IS NOT NULL").fetchone()
         return bool(row and row[0])
 
     cli(spawn, "migrate", "down", "--target", "0", "--yes", settings=catalog)  # nothing to revert yet: a success

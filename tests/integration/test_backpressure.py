@@ -10,13 +10,11 @@ from duckmesh.catalog.db import CatalogPool
 from duckmesh.ingest.backpressure import Admission
 from duckmesh.observability.sampler import run_lag_sampler
 from tests.conftest import KeyMaker
-from tests.helpers import create_table, records
+from tests.helpers import accepted_records, create_table, records
 
 
 async def _stored(pool: CatalogPool) -> int:
-    async with pool.connection() as conn:
-        row = await (await conn.execute("SELECT count(*) AS n FROM ingest_event")).fetchone()
-    return int(row["n"]) if row else 0
+    return await accepted_records(pool)
 
 
 async def test_a_tenant_over_its_rate_limit_gets_429_with_retry_after_and_nothing_is_stored(
@@ -55,7 +53,7 @@ async def test_too_many_unresolved_events_shed_ingest_until_the_coordinators_cat
         assert shed.status_code == 429 and shed.json()["error_code"] == "INGEST_BACKPRESSURE"
         assert shed.headers["retry-after"] == "2" and shed.json()["context"]["pending_events"] == 5
         async with pool.connection() as conn:  # the coordinators caught up
-            await conn.execute("UPDATE ingest_event SET state = 'committed', resolved_at = now()")
+            await conn.execute("UPDATE ingest_segment SET state = 'committed', resolved_at = now()")
         await asyncio.sleep(0.3)
         assert (await client.post("/v1/ingest/events", headers=headers, json={"records": records(5, 1)})).status_code == 200
     finally:

@@ -28,7 +28,7 @@ from duckmesh.maintenance.retention import RetentionPolicy
 from duckmesh.storage.base import ObjectStore
 from duckmesh.storage.retry import RetryingObjectStore
 from tests.conftest import KeyMaker
-from tests.helpers import create_table, head_watermark, records, wait_until_blocked
+from tests.helpers import accepted_records, create_table, head_watermark, records, wait_until_blocked
 from tests.helpers import query_ok as query
 
 KV = [{"name": "id", "type": "int64", "nullable": False}, {"name": "v", "type": "int64"}]
@@ -215,9 +215,7 @@ async def test_an_ingest_racing_a_drop_is_refused_and_never_lands_in_the_dropped
     response = await late
 
     assert response.status_code == 404 and response.json()["error_code"] == "TABLE_NOT_FOUND"
-    async with pool.connection() as conn:
-        cur = await conn.execute("SELECT count(*) AS n FROM ingest_event WHERE table_id = %s", (table["table_id"],))
-        assert (await cur.fetchone() or {})["n"] == 0, "nothing was acknowledged into the dropped table"
+    assert await accepted_records(pool, table_id=table["table_id"]) == 0, "nothing was acknowledged into the dropped table"
 
 
 async def test_events_claimed_when_their_table_is_dropped_are_failed_not_published(
@@ -233,7 +231,7 @@ async def test_events_claimed_when_their_table_is_dropped_are_failed_not_publish
     await Coordinator(pool, bus, store, CoordinatorConfig(owner="c")).process(held)
 
     async with pool.connection() as conn:
-        cur = await conn.execute("SELECT state, failure_reason FROM ingest_event WHERE table_id = %s",
+        cur = await conn.execute("SELECT state, failure_reason FROM ingest_segment WHERE table_id = %s",
                                  (table["table_id"],))
         states = {(r["state"], r["failure_reason"]) for r in await cur.fetchall()}
         cur = await conn.execute("SELECT count(*) AS n FROM data_file WHERE table_id = %s", (table["table_id"],))
@@ -311,7 +309,7 @@ async def test_a_lease_extension_after_one_tenant_committed_keeps_the_rest_of_th
                        consistency_timeout_ms=100)
     assert body["rows"] == [[5]]
     async with pool.connection() as conn:
-        cur = await conn.execute("SELECT DISTINCT state, attempts FROM ingest_event")
+        cur = await conn.execute("SELECT DISTINCT state, attempts FROM ingest_segment")
         assert {(r["state"], r["attempts"]) for r in await cur.fetchall()} == {("committed", 1)}
 
 

@@ -25,7 +25,15 @@ from duckmesh.maintenance.compaction import CompactionPolicy, plan
 from duckmesh.maintenance.retention import RetentionPolicy
 from duckmesh.storage.retry import RetryingObjectStore
 from tests.conftest import KeyMaker
-from tests.helpers import create_table, head_watermark, post_query, records
+from tests.helpers import (
+    accepted_records,
+    create_table,
+    head_watermark,
+    poison,
+    post_query,
+    records,
+    segment_states,
+)
 from tests.helpers import query_ok as query
 
 KV = [{"name": "id", "type": "int64", "nullable": False}, {"name": "v", "type": "int64"}]
@@ -54,7 +62,7 @@ async def _delete_after_a_held_older_version(
     key 2 upserted (token 3), both published by another coordinator in two files."""
     await ingest(client, headers, "kv", [op("u1", "upsert", 1, 1, event_time)])
     held = await bus.claim("stalled", 100, 1 << 20, 60)
-    assert held is not None and [e.token for e in held.events] == [1]
+    assert held is not None and [s.min_token for s in held.segments] == [1]
     fast = Coordinator(pool, bus, store, CoordinatorConfig(owner="fast"))
     await ingest(client, headers, "kv", [op("d1", "delete", 1, event_time=event_time)])
     await fast.run_once()
@@ -126,19 +134,17 @@ async def test_table_retention_on_a_keyed_table_never_drops_a_delete_that_hides_
 
 async def test_a_replayed_dead_letter_never_overtakes_a_newer_version_of_its_key(
     client: httpx.AsyncClient, make_key: KeyMaker, pool: CatalogPool, bus: PostgresBus, store: RetryingObjectStore,
-    app_context: AppContext,
+    app_context: AppContext, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     headers = await make_key()
     kv = await create_table(client, headers, "kv", columns=KV, primary_key=["id"])
+    broken = poison(monkeypatch, "v", 1)  # the old version cannot be materialized (yet)
     await ingest(client, headers, "kv", [op("old", "upsert", 1, 1)])
-    async with pool.connection() as conn:  # the old version cannot be materialized (yet)
-        await conn.execute("UPDATE ingest_event SET payload = '{\"id\": \"broken\"}' WHERE visibility_token = 1")
     coordinator = Coordinator(pool, bus, store, CoordinatorConfig(owner="c", max_attempts=1))
     await coordinator.run_once()
     newer = await ingest(client, headers, "kv", [op("new", "upsert", 1, 2)])
     await coordinator.run_once()
-    async with pool.connection() as conn:  # the operator fixes the dead letter and replays it
-        await conn.execute("UPDATE ingest_event SET payload = '{\"id\": 1, \"v\": 1}' WHERE visibility_token = 1")
+    broken[0] = False  # the operator deploys the fix and replays the dead letter
     [letter] = (await client.get("/v1/dead-letters", headers=headers)).json()["dead_letters"]
     replay = (await client.post("/v1/dead-letters/replay", headers=headers,
                                 json={"event_ids": [letter["event_id"]]})).json()
@@ -152,15 +158,13 @@ async def test_a_replayed_dead_letter_never_overtakes_a_newer_version_of_its_key
     assert body["rows"] == [[1, 2]], "the replay keeps its original place in the key's history"
 
 
-async def test_a_crash_before_the_commit_leaves_a_poison_event_unresolved_and_never_strands_the_watermark(
+async def test_a_crash_before_the_commit_leaves_its_records_unresolved_and_never_strands_the_watermark(
     client: httpx.AsyncClient, make_key: KeyMaker, pool: CatalogPool, bus: PostgresBus, store: RetryingObjectStore,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     headers = await make_key()
     table = await create_table(client, headers)
     token = await ingest(client, headers, "events", records(0, 3))
-    async with pool.connection() as conn:
-        await conn.execute("UPDATE ingest_event SET payload = '{\"id\": \"broken\"}' WHERE visibility_token = 2")
     real_commit = worker.commit
 
     async def crash(*args: Any, **kwargs: Any) -> Any:
@@ -172,9 +176,7 @@ async def test_a_crash_before_the_commit_leaves_a_poison_event_unresolved_and_ne
         await crashing.run_once()
     monkeypatch.setattr(worker, "commit", real_commit)
 
-    async with pool.connection() as conn:
-        cur = await conn.execute("SELECT count(*) AS n FROM ingest_event WHERE state = 'failed'")
-        assert (await cur.fetchone() or {})["n"] == 0, "failing happens only inside a commit"
+    assert await segment_states(pool, table["tenant_id"]) == {"claimed": 3}, "failing happens only inside a commit"
     await asyncio.sleep(0.3)
     rescuer = Coordinator(pool, bus, store, CoordinatorConfig(owner="rescuer", max_attempts=1))
     await rescuer.resolve_expired()  # out of attempts: failed in the same commit that moves the watermark
@@ -253,9 +255,7 @@ async def test_non_standard_json_numbers_are_refused_and_nothing_is_stored(
     response = await client.post("/v1/ingest/m", headers={**headers, "content-type": "application/json"}, content=body)
 
     assert response.status_code == 400 and response.json()["error_code"] == "INVALID_JSON", response.text
-    async with pool.connection() as conn:
-        cur = await conn.execute("SELECT count(*) AS n FROM ingest_event")
-        assert (await cur.fetchone() or {})["n"] == 0
+    assert await accepted_records(pool) == 0
 
 
 async def test_wait_for_visibility_reports_dead_lettered_records_instead_of_visible(
@@ -264,14 +264,7 @@ async def test_wait_for_visibility_reports_dead_lettered_records_instead_of_visi
 ) -> None:
     headers = await make_key()
     await create_table(client, headers)
-    build = worker.build_table
-
-    def build_refusing_poison(events: Any, schema: Any) -> Any:
-        if any('"poison"' in e.payload_json for e in events):
-            raise ValueError("cannot be materialized")
-        return build(events, schema)
-
-    monkeypatch.setattr(worker, "build_table", build_refusing_poison)
+    poison(monkeypatch, "name", "poison")
     body = records(0, 3)
     body[1]["payload"]["name"] = "poison"
     stop = asyncio.Event()
@@ -291,35 +284,40 @@ async def test_wait_for_visibility_reports_dead_lettered_records_instead_of_visi
 
 async def test_retention_deletes_replayed_and_expired_dead_letters_and_finished_claims(
     client: httpx.AsyncClient, make_key: KeyMaker, pool: CatalogPool, bus: PostgresBus, store: RetryingObjectStore,
-    app_context: AppContext,
+    app_context: AppContext, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     headers = await make_key()
     table = await create_table(client, headers)
+    broken = poison(monkeypatch, "name", "n0")
     await ingest(client, headers, "events", records(0, 3))
-    async with pool.connection() as conn:
-        await conn.execute("UPDATE ingest_event SET payload = '{\"id\": \"broken\"}' WHERE visibility_token IN (1, 2)")
+    await ingest(client, headers, "events", [{"idempotency_key": "p", "payload": {"id": 9, "name": "n0"}}])
     coordinator = Coordinator(pool, bus, store, CoordinatorConfig(owner="c", max_attempts=1))
     await coordinator.run_once()
     letters = (await client.get("/v1/dead-letters", headers=headers)).json()["dead_letters"]
-    async with pool.connection() as conn:
-        await conn.execute("UPDATE ingest_event SET payload = '{\"id\": 0}' WHERE visibility_token = 1")
+    assert len(letters) == 2
+    broken[0] = False
     await client.post("/v1/dead-letters/replay", headers=headers, json={"event_ids": [letters[0]["event_id"]]})
     await coordinator.run_once()
     async with pool.connection() as conn:  # time passes: everything is older than the windows
-        await conn.execute("UPDATE ingest_event SET resolved_at = now() - interval '40 days',"
+        await conn.execute("UPDATE ingest_segment SET resolved_at = now() - interval '40 days'")
+        await conn.execute("UPDATE ingest_dead_letter SET failed_at = now() - interval '40 days',"
                            " replayed_at = replayed_at - interval '40 days'")
+        await conn.execute("UPDATE snapshot SET created_at = created_at - interval '40 days'")
         await conn.execute("UPDATE ingest_claim_batch SET claimed_at = now() - interval '1 hour'")
     app_context.maintenance.retention.policy = RetentionPolicy(idempotency_window=timedelta(days=7),
                                                                dead_letter_retention=timedelta(days=30))
 
     summary = await app_context.maintenance.retention.run(TenantId(table["tenant_id"]))
 
-    assert summary["bus_cleanup"] == {"committed_events": 2, "replayed_dead_letters": 1, "expired_dead_letters": 1,
-                                      "finished_claims": 2, "resolved_reservations": 0}
+    assert summary["bus_cleanup"] == {
+        "committed_events": 5, "replayed_dead_letters": 1, "expired_dead_letters": 1, "finished_claims": 2,
+        "resolved_reservations": 0, "idempotency_keys": 4, "request_keys": 0, "segments": 3}
     async with pool.connection() as conn:
-        cur = await conn.execute("SELECT (SELECT count(*) FROM ingest_event) AS events,"
+        cur = await conn.execute("SELECT (SELECT count(*) FROM ingest_segment) AS segments,"
+                                 " (SELECT count(*) FROM ingest_key) AS keys,"
+                                 " (SELECT count(*) FROM ingest_dead_letter) AS dead,"
                                  " (SELECT count(*) FROM ingest_claim_batch) AS claims")
-        assert await cur.fetchone() == {"events": 0, "claims": 0}
+        assert await cur.fetchone() == {"segments": 0, "keys": 0, "dead": 0, "claims": 0}
 
 
 async def test_a_pending_backfill_on_one_table_does_not_stall_strict_reads_of_another(

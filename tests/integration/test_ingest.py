@@ -8,13 +8,11 @@ import psycopg
 
 from duckmesh.catalog.db import CatalogPool
 from tests.conftest import KeyMaker
-from tests.helpers import create_table, records
+from tests.helpers import bus_records, create_table, records
 
 
 async def _events(pool: CatalogPool) -> list[dict[str, Any]]:
-    async with pool.connection() as conn:
-        cur = await conn.execute("SELECT idempotency_key, visibility_token, op FROM ingest_event ORDER BY visibility_token")
-        return await cur.fetchall()
+    return await bus_records(pool)
 
 
 async def test_concurrent_retries_of_the_same_keys_store_one_event_per_key(
@@ -96,7 +94,8 @@ async def test_tokens_are_gap_free_and_commit_ordered_under_concurrent_ingest(
             while not done.is_set():
                 row = await (await conn.execute("SELECT next_visibility_token - 1 FROM tenant_counter")).fetchone()
                 issued = row[0] if row else 0
-                cur = await conn.execute("SELECT count(*) FROM ingest_event WHERE visibility_token <= %s", (issued,))
+                cur = await conn.execute(
+                    "SELECT coalesce(sum(record_count), 0) FROM ingest_segment WHERE max_token <= %s", (issued,))
                 count = (await cur.fetchone() or (0,))[0]
                 if count != issued:
                     violations.append(f"issued {issued} but {count} events are visible")

@@ -116,7 +116,8 @@ class Tenant:
                 " (SELECT count(*) FROM file_live_range WHERE tenant_id = %(t)s) AS live_ranges,"
                 " (SELECT count(*) FROM snapshot_file f JOIN snapshot s USING (snapshot_id)"
                 "   WHERE s.tenant_id = %(t)s) AS change_rows,"
-                " (SELECT count(*) FROM ingest_event WHERE tenant_id = %(t)s) AS events,"
+                " (SELECT count(*) FROM ingest_segment WHERE tenant_id = %(t)s) AS segments,"
+                " (SELECT count(*) FROM ingest_key WHERE tenant_id = %(t)s) AS idempotency_keys,"
                 " (SELECT head_snapshot_id FROM tenant_head WHERE tenant_id = %(t)s) AS head",
                 {"t": self.tenant_id})
             row = dict(await cur.fetchone() or {})
@@ -289,8 +290,8 @@ async def test_dry_runs_change_nothing_and_every_run_is_idempotent(
     await t.ingest()
     async with pool.connection() as conn:
         await conn.execute("UPDATE table_def SET retention_days = 30 WHERE table_id = %s", (t.table_id,))
-        await conn.execute("UPDATE ingest_event SET resolved_at = now() - interval '2 days'"
-                           " WHERE tenant_id = %s AND idempotency_key LIKE 'r1-%%'", (t.tenant_id,))
+        await conn.execute("UPDATE ingest_segment SET resolved_at = now() - interval '2 days'"
+                           " WHERE tenant_id = %s AND min_token = 11", (t.tenant_id,))  # round r1's records
     store.put(f"{t.tenant_id}/{t.table_id}/date=2024-01-01/part-crashed-0000.parquet", b"PAR1 left by a crash")
     t.ctx.maintenance.retention.policy = AGGRESSIVE
     before = await t.state()
@@ -347,7 +348,7 @@ async def test_a_file_already_gone_from_storage_is_no_failure_and_its_catalog_ro
     await t.assert_retained_snapshots_intact()
 
 
-async def test_bus_cleanup_deletes_only_committed_events_older_than_the_idempotency_window(
+async def test_bus_cleanup_deletes_only_segments_and_keys_older_than_the_idempotency_window(
     client: httpx.AsyncClient, make_key: KeyMaker, pool: CatalogPool, bus: PostgresBus, store: RetryingObjectStore,
     app_context: AppContext,
 ) -> None:
@@ -359,28 +360,34 @@ async def test_bus_cleanup_deletes_only_committed_events_older_than_the_idempote
         assert response.status_code in (200, 202), response.text
         return dict(response.json())
 
-    await send("old"), await send("recent")
+    await send("old")
     await t.coordinator.run_once()
-    await send("pending"), await send("dead")
+    async with pool.connection() as conn:  # two days pass
+        await conn.execute("UPDATE ingest_segment SET resolved_at = now() - interval '2 days' WHERE tenant_id = %s",
+                           (t.tenant_id,))
+        await conn.execute("UPDATE snapshot SET created_at = created_at - interval '2 days' WHERE tenant_id = %s",
+                           (t.tenant_id,))
+    await send("recent")
+    await t.coordinator.run_once()
+    await send("pending")
     async with pool.connection() as conn:
-        await conn.execute("UPDATE ingest_event SET resolved_at = now() - interval '2 days'"
-                           " WHERE tenant_id = %s AND idempotency_key LIKE 'old-%%'", (t.tenant_id,))
-        await conn.execute("UPDATE ingest_event SET ingested_at = now() - interval '2 days'"
-                           " WHERE tenant_id = %s AND idempotency_key LIKE 'pending-%%'", (t.tenant_id,))
-        await conn.execute("UPDATE ingest_event SET state = 'failed', failure_reason = 'poison',"
-                           " resolved_at = now() - interval '2 days'"
-                           " WHERE tenant_id = %s AND idempotency_key LIKE 'dead-%%'", (t.tenant_id,))
+        await conn.execute("UPDATE ingest_segment SET ingested_at = now() - interval '2 days'"
+                           " WHERE tenant_id = %s AND state = 'accepted'", (t.tenant_id,))
     window = RetentionPolicy(idempotency_window=timedelta(days=1))
 
     dry = await t.retain(window, dry_run=True)
     result = await t.retain()
 
     assert dry["events_deleted"] == result["events_deleted"] == 5
+    assert result["bus_cleanup"]["idempotency_keys"] == 5
     async with pool.connection() as conn:
-        cur = await conn.execute("SELECT split_part(idempotency_key, '-', 1) AS batch, state, count(*) AS n"
-                                 " FROM ingest_event WHERE tenant_id = %s GROUP BY 1, 2", (t.tenant_id,))
-        left = {(r["batch"], r["state"]): r["n"] for r in await cur.fetchall()}
-    assert left == {("recent", "committed"): 5, ("pending", "accepted"): 5, ("dead", "failed"): 5}
+        cur = await conn.execute("SELECT split_part(idempotency_key, '-', 1) AS batch, count(*) AS n"
+                                 " FROM ingest_key WHERE tenant_id = %s GROUP BY 1", (t.tenant_id,))
+        keys = {r["batch"]: r["n"] for r in await cur.fetchall()}
+        cur = await conn.execute("SELECT state, sum(record_count) AS n FROM ingest_segment WHERE tenant_id = %s"
+                                 " GROUP BY 1", (t.tenant_id,))
+        states = {r["state"]: r["n"] for r in await cur.fetchall()}
+    assert keys == {"recent": 5, "pending": 5} and states == {"committed": 5, "accepted": 5}
     assert (await send("recent"))["duplicate_count"] == 5, "keys inside the window still deduplicate"
     assert (await send("old"))["accepted_count"] == 5, "keys past the window are forgotten"
 

@@ -114,7 +114,7 @@ async def test_drop_then_recreate_then_time_travel_sees_the_old_table(
     gone = await client.post("/v1/query", headers=headers, json={"sql": "SELECT * FROM things"})
     assert gone.status_code == 404 and gone.json()["error_code"] == "TABLE_NOT_FOUND"
     async with pool.connection() as conn:
-        cur = await conn.execute("SELECT state, failure_reason FROM ingest_event WHERE visibility_token = %s",
+        cur = await conn.execute("SELECT state, failure_reason FROM ingest_segment WHERE max_token = %s",
                                  (pending["max_visibility_token"],))
         event = await cur.fetchone()
     assert event == {"state": "failed", "failure_reason": "table_dropped"}

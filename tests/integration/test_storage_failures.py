@@ -83,12 +83,13 @@ async def _ingest(client: httpx.AsyncClient, headers: dict[str, str], table: str
 
 
 async def _events(pool: CatalogPool, tenant_id: int) -> list[tuple[str, int]]:
-    """(state, attempts) of every event of the tenant, in token order."""
+    """(state, attempts) of every record of the tenant (those of its segment), in token order."""
     async with pool.connection() as conn:
         cur = await conn.execute(
-            "SELECT state, attempts FROM ingest_event WHERE tenant_id = %s ORDER BY visibility_token", (tenant_id,)
+            "SELECT state, attempts, record_count FROM ingest_segment WHERE tenant_id = %s ORDER BY min_token",
+            (tenant_id,),
         )
-        return [(r["state"], r["attempts"]) for r in await cur.fetchall()]
+        return [(r["state"], r["attempts"]) for r in await cur.fetchall() for _ in range(r["record_count"])]
 
 
 async def _catalog_counts(pool: CatalogPool, tenant_id: int) -> dict[str, int]:

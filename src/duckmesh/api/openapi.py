@@ -12,6 +12,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from duckmesh.ingest.models import IngestRequest
+
 DESCRIPTION = """\
 HTTP writers → snapshot-versioned Parquet tables → SQL over them with DuckDB, with an exact
 read-after-write guarantee through visibility tokens.
@@ -254,6 +256,11 @@ def document(app: FastAPI) -> dict[str, Any]:
     schema = get_openapi(title=app.title, version=app.version, description=DESCRIPTION, routes=app.routes)
     components = schema.setdefault("components", {})
     components.setdefault("schemas", {})["Error"] = ERROR_BODY
+    # The ingest route reads its body raw (validated per table by the ingest service): its
+    # object form is documented from the model.
+    ingest = IngestRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    components["schemas"].update(ingest.pop("$defs", {}))
+    components["schemas"]["IngestRequest"] = ingest
     components["securitySchemes"] = SECURITY_SCHEMES
     for path, operations in schema.get("paths", {}).items():
         for method, operation in operations.items():

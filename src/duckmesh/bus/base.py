@@ -1,46 +1,68 @@
 """The ``IngestBus`` port. Every backend must pass ``tests/contract/test_bus_contract.py`` unchanged.
 
 The bus is event transport: token allocation, the watermark rule and snapshot publication are the
-catalog's (``catalog/tokens.py``, ``catalog/commit.py``). Semantics every backend keeps
-(CONSISTENCY.md):
-- ``publish`` stores a request's events durably in one atomic step that also assigns their
-  visibility tokens (through the catalog's counter lock): per tenant, gap-free and in commit
-  order. Duplicates (same idempotency key, same op and payload hash) get the original event's
-  token and are not stored again. A dropped table accepts nothing.
-- ``claim`` hands out accepted events under a time-limited lease; an event is held by at most one
-  live claim. Expired leases return the events to the pool (``requeue_expired``).
-- Event state changes that resolve events (committed, failed) happen only as steps of a snapshot
-  commit (``commit_step``, ``fail_step``, ``fail_exhausted_step``, ``fail_table_step``), so event
-  state, snapshot and watermark change together or not at all. Each step re-checks, with the
-  database clock, that the claim still holds its events under an unexpired lease.
+catalog's (``catalog/tokens.py``, ``catalog/commit.py``). It moves *segments*: the validated
+records of one accepted request, columnar (an Arrow table), with a contiguous token range.
+Semantics every backend keeps (CONSISTENCY.md):
+- ``publish`` stores the segments of a group of requests of one tenant durably in one atomic step
+  that also assigns their visibility tokens (through the catalog's counter lock): per tenant,
+  gap-free and in commit order, each request's records consecutive and in request order.
+  Records whose idempotency key is known with the same digest are duplicates (the original
+  token, not stored again); a known key with another digest refuses that request only. A
+  request-level key returns the first request's receipt. A dropped table accepts nothing.
+- ``claim`` hands out accepted segments under a time-limited lease; a segment is held by at most
+  one live claim. Expired leases return segments to the pool (``requeue_expired``).
+- Segment state changes that resolve records (committed, failed) happen only as steps of a
+  snapshot commit, so records, snapshot and watermark change together or not at all. Each step
+  re-checks, with the database clock, that the claim still holds its segments under an
+  unexpired lease.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+import pyarrow as pa
+
 from duckmesh.catalog.commit import Step
-from duckmesh.domain import EventId, Op, TableId, TenantId, VisibilityToken
+from duckmesh.domain import SegmentId, TableId, TenantId, VisibilityToken
 
 
 @dataclass(frozen=True)
-class NewEvent:
-    """One validated record of an ingest request, in canonical form."""
+class NewSegment:
+    """One request's validated records: the user columns at their storage types plus ``_dm_op``,
+    ``_dm_event_time``, ``_dm_key`` (and ``_dm_version`` for replays), as an Arrow IPC stream."""
 
-    idempotency_key: str
-    op: Op
-    payload_json: str
-    payload_hash: bytes
-    event_time: datetime
+    table_id: TableId
+    schema_version: int
+    data: bytes
+    record_count: int
+    keys: Sequence[str | None]  # per record: its idempotency key (None: not deduplicated by record)
+    digests: Sequence[bytes]  # per record: a digest of the canonical record (op, values, explicit event time)
+    request_key: str | None = None  # the Idempotency-Key header
+    body_hash: bytes | None = None
+    trace_id: str | None = None
+    min_version: int | None = None  # replays: the lowest original token among the records
+
+
+def encode_segment(table: pa.Table) -> bytes:
+    """A segment's records as stored on the bus: one Arrow IPC stream, zstd-compressed."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue().to_pybytes())
 
 
 @dataclass(frozen=True)
 class PublishOutcome:
     tokens: list[VisibilityToken]
     duplicate: list[bool]
+    schema_version: int
+    earlier_receipt: dict[str, Any] | None = None  # a repeated request key: the first request's receipt
 
     @property
     def accepted_count(self) -> int:
@@ -52,23 +74,25 @@ class PublishOutcome:
 
     @property
     def max_token(self) -> VisibilityToken:
-        return max(self.tokens)
+        return max(self.tokens) if self.tokens else VisibilityToken(0)
 
 
 @dataclass(frozen=True)
-class ClaimedEvent:
-    event_id: EventId
+class ClaimedSegment:
+    segment_id: SegmentId
     tenant_id: TenantId
     table_id: TableId
-    token: VisibilityToken
-    version: VisibilityToken  # orders versions of a key: the token, or a replayed event's original one
-    op: Op
-    payload_json: str
     schema_version: int
-    event_time: datetime
+    min_token: VisibilityToken
+    record_count: int
     attempts: int
     trace_id: str | None
     ingested_at: datetime
+    data: bytes
+
+    def records(self) -> pa.Table:
+        """The segment's records (decoding is CPU work: call it off the event loop)."""
+        return pa.ipc.open_stream(io.BytesIO(self.data)).read_all()
 
 
 @dataclass
@@ -76,97 +100,104 @@ class Claim:
     claim_id: int
     owner: str
     lease_until: datetime
-    events: list[ClaimedEvent] = field(default_factory=list)
-    held: set[EventId] = field(default_factory=set)  # events the claim still holds (not yet resolved or returned)
+    segments: list[ClaimedSegment] = field(default_factory=list)
+    held: set[SegmentId] = field(default_factory=set)  # segments the claim still holds
 
     def __post_init__(self) -> None:
         if not self.held:
-            self.held = {e.event_id for e in self.events}
+            self.held = {s.segment_id for s in self.segments}
 
     @property
-    def byte_count(self) -> int:
-        return sum(len(e.payload_json) for e in self.events)
+    def record_count(self) -> int:
+        return sum(s.record_count for s in self.segments)
 
-    def let_go(self, event_ids: Sequence[EventId]) -> None:
-        """The claim no longer holds these (committed, failed, nacked or released)."""
-        self.held.difference_update(event_ids)
+    def let_go(self, segment_ids: Sequence[SegmentId]) -> None:
+        """The claim no longer holds these (committed, failed or released)."""
+        self.held.difference_update(segment_ids)
 
 
 @dataclass(frozen=True)
-class FailedEvent:
-    event_id: EventId
-    tenant_id: TenantId
+class DeadLetter:
+    """A record that could not be materialized, in canonical JSON (listable and replayable)."""
+
     table_id: TableId
-    token: VisibilityToken
+    segment_id: SegmentId | None
+    token: int
+    version: int
+    idempotency_key: str | None
+    op: str
+    payload_json: str
+    schema_version: int
+    event_time: datetime
+    attempts: int
     reason: str
+    trace_id: str | None
 
 
 class IngestBus(Protocol):
-    async def publish(
-        self,
-        tenant_id: TenantId,
-        table_id: TableId,
-        schema_version: int,
-        events: Sequence[NewEvent],
-        trace_id: str | None = None,
-    ) -> PublishOutcome:
-        """Store events atomically with their tokens. Raises IdempotencyKeyReused (context
-        ``conflicts``: record indexes) when a key was used with another op or payload; nothing
-        is stored then. Raises TenantNotFound / TableNotFound (the table was dropped)."""
+    async def publish(self, tenant_id: TenantId, segments: Sequence[NewSegment]) -> list[PublishOutcome | Exception]:
+        """Store a group of requests of one tenant in one atomic step; one outcome per request, in
+        order: a PublishOutcome, or the error that refused that request alone (IdempotencyKeyReused
+        with context ``conflicts``: record indexes; TableNotFound for a dropped table; SchemaChanged
+        when the table's schema version moved since validation). Errors of the whole step raise."""
         ...
 
     async def claim(self, owner: str, max_events: int, max_bytes: int, lease_seconds: float) -> Claim | None:
-        """Lease up to ``max_events`` accepted events (and about ``max_bytes``, at least one
-        event), oldest first; None when there is no work."""
+        """Lease accepted segments, oldest first, up to about ``max_events`` records and
+        ``max_bytes`` (at least one segment); None when there is no work."""
         ...
 
     async def extend(self, claim: Claim, lease_seconds: float) -> None:
-        """Push the lease of the events the claim still holds (``claim.held``) forward. Raises
-        LeaseLost when any of them is no longer held under an unexpired lease."""
+        """Push the lease of the segments the claim still holds forward; LeaseLost when any of them
+        is no longer held under an unexpired lease."""
         ...
 
-    def commit_step(self, claim: Claim, tenant_id: TenantId, event_ids: Sequence[EventId]) -> Step:
-        """A commit precondition that also marks the events committed: ``event_ids`` must be exactly
-        the events of ``tenant_id`` the claim still holds, under a lease unexpired by the database
-        clock; otherwise LeaseLost and the commit rolls back."""
+    def commit_step(self, claim: Claim, tenant_id: TenantId, segment_ids: Sequence[SegmentId]) -> Step:
+        """Commit precondition and effect: ``segment_ids`` are exactly the tenant's segments the claim
+        still holds, under a lease unexpired by the database clock; they become committed."""
         ...
 
-    def fail_step(self, claim: Claim, event_ids: Sequence[EventId], reason: str) -> Step:
-        """A commit effect: the claim's events become failed (dead-lettered) with ``reason``;
-        LeaseLost unless the claim still holds them all."""
+    def dead_letter_step(self, letters: Sequence[DeadLetter]) -> Step:
+        """Commit effect: records that could not be materialized become dead letters."""
         ...
 
-    async def nack(self, claim: Claim, event_ids: Sequence[EventId], reason: str) -> None:
-        """Give events back for another attempt (the attempt counts). Events no longer held by
-        the claim are left alone."""
+    def fail_step(self, claim: Claim, segment_ids: Sequence[SegmentId], reason: str) -> Step:
+        """Commit precondition and effect: the claim still holds these segments; they become failed
+        (their records are dead letters written by ``dead_letter_step`` in the same commit)."""
         ...
 
-    async def release(self, claim: Claim, event_ids: Sequence[EventId]) -> None:
-        """Give events back without using up an attempt (the failure was not theirs, e.g. the
+    async def release(self, claim: Claim, segment_ids: Sequence[SegmentId]) -> None:
+        """Give segments back without using up an attempt (the failure was not theirs, e.g. the
         object store was down, or the commit lost a race)."""
         ...
 
     async def requeue_expired(self, max_attempts: int) -> list[TenantId]:
-        """Return events of expired leases with attempts left to the pool; return the tenants
-        that have expired events out of attempts (to be failed by ``fail_exhausted_step``)."""
+        """Return segments of expired leases with attempts left to the pool; return the tenants
+        that have expired segments out of attempts (to be dead-lettered by ``claim_exhausted``)."""
         ...
 
-    def fail_exhausted_step(self, tenant_id: TenantId, max_attempts: int) -> Step:
-        """A commit effect: the tenant's expired events out of attempts become failed."""
+    async def claim_exhausted(
+        self, owner: str, tenant_id: TenantId, max_attempts: int, lease_seconds: float
+    ) -> Claim | None:
+        """Lease the tenant's expired segments that are out of attempts, to dead-letter them."""
         ...
 
     def fail_table_step(self, tenant_id: TenantId, table_id: TableId, reason: str) -> Step:
-        """A commit effect of a DROP: every unresolved event of the table becomes failed."""
+        """A commit effect of a DROP: every unresolved segment of the table becomes failed."""
         ...
 
     async def failed_tokens(self, tenant_id: TenantId, tokens: Sequence[int]) -> list[int]:
-        """Which of ``tokens`` belong to failed (dead-lettered) events of the tenant."""
+        """Which of ``tokens`` belong to records that failed (dead letters, dropped tables)."""
         ...
 
     async def wait_for_work(self, timeout: float) -> None:
-        """Return when new events may be available, or after ``timeout`` seconds."""
+        """Return when new segments may be available, or after ``timeout`` seconds."""
+        ...
+
+    def work_generation(self) -> int:
+        """A counter that moves whenever new work was announced (cheap, no I/O)."""
         ...
 
     async def lag(self, tenant_id: TenantId) -> dict[str, Any]:
-        """Pending, claimed and failed counts and the oldest pending age for the tenant."""
+        """Pending, claimed and failed record counts and the oldest pending age for the tenant."""
         ...

@@ -336,12 +336,10 @@ async def older_versions_outside(
         " EXISTS (SELECT 1 FROM file_live_range r JOIN data_file f USING (file_id)"
         "   WHERE r.tenant_id = %(t)s AND r.table_id = %(tb)s AND r.removed_snapshot_id IS NULL"
         "     AND r.file_id <> ALL(%(inputs)s) AND f.min_token < %(below)s) AS older_file,"
-        " EXISTS (SELECT 1 FROM ingest_event e WHERE e.tenant_id = %(t)s AND e.table_id = %(tb)s"
-        "   AND e.state IN ('accepted', 'claimed')"
-        "   AND (e.visibility_token < %(below)s OR e.version_token < %(below)s)) AS older_event,"
-        " EXISTS (SELECT 1 FROM ingest_event e WHERE e.tenant_id = %(t)s AND e.table_id = %(tb)s"
-        "   AND e.state = 'failed' AND e.replayed_at IS NULL AND e.payload IS NOT NULL"
-        "   AND coalesce(e.version_token, e.visibility_token) < %(below)s) AS older_dead_letter,"
+        " EXISTS (SELECT 1 FROM ingest_segment g WHERE g.tenant_id = %(t)s AND g.table_id = %(tb)s"
+        "   AND g.state IN ('accepted', 'claimed') AND g.min_version < %(below)s) AS older_event,"
+        " EXISTS (SELECT 1 FROM ingest_dead_letter d WHERE d.tenant_id = %(t)s AND d.table_id = %(tb)s"
+        "   AND d.replayed_at IS NULL AND d.version_token < %(below)s) AS older_dead_letter,"
         " EXISTS (SELECT 1 FROM token_reservation v WHERE v.tenant_id = %(t)s AND v.table_id = %(tb)s"
         "   AND v.state = 'pending' AND v.min_token < %(below)s) AS older_reservation",
         {"t": tenant_id, "tb": table_id, "inputs": list(inputs), "below": below},

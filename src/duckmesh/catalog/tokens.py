@@ -45,6 +45,26 @@ async def begin_accept(tx: AsyncConn, tenant_id: TenantId, table_id: TableId) ->
     return next_token
 
 
+async def begin_group_accept(
+    tx: AsyncConn, tenant_id: TenantId, table_ids: list[TableId]
+) -> tuple[int, dict[TableId, int]]:
+    """``begin_accept`` for a group of requests over several tables, in one statement: the next
+    token, and the current schema version of each table that is still live (key-share locked;
+    a dropped table is simply absent)."""
+    cur = await tx.execute(
+        "WITH c AS (SELECT next_visibility_token FROM tenant_counter WHERE tenant_id = %(t)s FOR UPDATE),"
+        " l AS (SELECT table_id, schema_version FROM table_def WHERE tenant_id = %(t)s AND table_id = ANY(%(ids)s)"
+        "   AND dropped_at IS NULL ORDER BY table_id FOR KEY SHARE)"
+        " SELECT c.next_visibility_token, l.table_id, l.schema_version FROM c LEFT JOIN l ON true",
+        {"t": tenant_id, "ids": table_ids},
+    )
+    rows = await cur.fetchall()
+    if not rows:
+        raise TenantNotFound("tenant does not exist", tenant_id=tenant_id)
+    live = {TableId(r["table_id"]): int(r["schema_version"]) for r in rows if r["table_id"] is not None}
+    return int(rows[0]["next_visibility_token"]), live
+
+
 async def advance_counter(tx: AsyncConn, tenant_id: TenantId, next_token: int) -> None:
     await tx.execute(
         "UPDATE tenant_counter SET next_visibility_token = %s WHERE tenant_id = %s", (next_token, tenant_id)
@@ -68,8 +88,8 @@ class Watermarks:
     issued: VisibilityToken
 
 
-# Per live table: the lowest unresolved token (pending bus events or a pending backfill
-# reservation); the watermark is one below it, or the last issued token when nothing is
+# Per live table: the lowest unresolved token (a bus segment not yet committed or failed, or a
+# pending backfill reservation); the watermark is one below it, or the last issued token when nothing is
 # unresolved. One statement, so one consistent view of the counter and the events; an accepting
 # transaction still in flight holds tokens above the counter value this statement sees.
 _WATERMARKS = """
@@ -78,8 +98,8 @@ SELECT c.next_visibility_token - 1 AS issued, t.table_id,
 FROM tenant_counter c
 LEFT JOIN table_def t ON t.tenant_id = c.tenant_id AND t.dropped_at IS NULL
 LEFT JOIN LATERAL (
-    SELECT min(e.visibility_token) AS min_unresolved FROM ingest_event e
-    WHERE e.tenant_id = c.tenant_id AND e.table_id = t.table_id AND e.state IN ('accepted', 'claimed')
+    SELECT min(g.min_token) AS min_unresolved FROM ingest_segment g
+    WHERE g.tenant_id = c.tenant_id AND g.table_id = t.table_id AND g.state IN ('accepted', 'claimed')
 ) u ON true
 LEFT JOIN LATERAL (
     SELECT min(v.min_token) AS min_reserved FROM token_reservation v

@@ -23,15 +23,15 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 
-from duckmesh.bus.base import Claim, ClaimedEvent, IngestBus
+from duckmesh.bus.base import Claim, ClaimedSegment, IngestBus
 from duckmesh.catalog import intents, tables, tokens
 from duckmesh.catalog.commit import CommitPlan, Step, TablesLive, commit
 from duckmesh.catalog.db import CatalogPool
-from duckmesh.coordinator.materialize import build_table
-from duckmesh.datafiles import NewDataFile, ParquetFile, ingest_key, write_parquet
-from duckmesh.domain import EventId, SnapshotKind, TableId, TenantId
+from duckmesh.coordinator.materialize import Materialized, all_dead, materialize
+from duckmesh.datafiles import NewDataFile
+from duckmesh.domain import SegmentId, SnapshotKind, TableId, TenantId
 from duckmesh.errors import CommitConflict, LeaseLost, NothingToCommit, StorageError
 from duckmesh.heartbeat import while_extending
 from duckmesh.observability import metrics
@@ -66,26 +66,6 @@ class _Batch:
         return f"claim:{self.claim.claim_id}"
 
 
-@dataclass
-class TenantWork:
-    """What one tenant's part of a claim produced, ready to commit."""
-
-    files: list[tuple[NewDataFile, bytes]] = field(default_factory=list)
-    committed: list[EventId] = field(default_factory=list)
-    failed: dict[str, list[EventId]] = field(default_factory=dict)  # reason -> events out of attempts
-    retry: dict[str, list[EventId]] = field(default_factory=dict)  # reason -> events with attempts left
-    oldest_ingest: datetime | None = None
-
-    def fail(self, events: Sequence[ClaimedEvent], reason: str, max_attempts: int) -> None:
-        for event in events:
-            target = self.failed if event.attempts >= max_attempts else self.retry
-            target.setdefault(reason, []).append(event.event_id)
-
-    @property
-    def failed_count(self) -> int:
-        return sum(len(ids) for ids in self.failed.values())
-
-
 class Coordinator:
     def __init__(self, pool: CatalogPool, bus: IngestBus, store: ObjectStore, config: CoordinatorConfig) -> None:
         self._pool = pool
@@ -98,9 +78,10 @@ class Coordinator:
     async def run(self, stop: asyncio.Event) -> None:
         """Work until ``stop`` is set; the batch in hand is finished (or released) first.
 
-        Claims happen at most once per flush interval while events keep coming (so batches stay
-        efficient), immediately when the previous batch was full, and at once when a NOTIFY
-        wakes an idle coordinator (so idle write-to-visible latency is close to zero).
+        Claims happen at most once per flush interval while work keeps arriving during batches (so
+        batches stay efficient under load), immediately when the previous batch was full, and at
+        once when a NOTIFY wakes a coordinator that was idle (so a lone writer's write is visible
+        in tens of milliseconds).
         """
         log.info("coordinator_started", extra={"owner": self.config.owner})
         next_requeue = 0.0
@@ -116,6 +97,7 @@ class Coordinator:
                 if stop.is_set():
                     break
             started = time.monotonic()
+            generation = self._bus.work_generation()
             try:
                 claimed, full = await self.run_once()
             except Exception:
@@ -123,7 +105,10 @@ class Coordinator:
                 await _sleep_or_stop(stop, 1.0)
                 continue
             if claimed:
-                last_batch = -1e9 if full else started
+                # Adaptive flush: batch (wait out the flush interval) only under load, i.e. when
+                # new work arrived while this batch ran; an idle coordinator publishes at once.
+                busy = self._bus.work_generation() != generation
+                last_batch = started if busy and not full else -1e9
                 continue
             waiter = asyncio.ensure_future(self._bus.wait_for_work(self.config.flush_interval))
             stopper = asyncio.ensure_future(stop.wait())
@@ -133,9 +118,10 @@ class Coordinator:
         log.info("coordinator_stopped", extra={"owner": self.config.owner})
 
     async def resolve_expired(self) -> None:
-        """Lease recovery: expired claims go back to the pool; events out of attempts and abandoned
-        backfill reservations are failed — each tenant's in one commit that also advances its
-        watermark, so a crash can never leave them resolved but the watermark stuck."""
+        """Lease recovery: expired claims go back to the pool; segments out of attempts become dead
+        letters and abandoned backfill reservations are failed — each tenant's in one commit
+        that also advances its watermark, so a crash can never leave them resolved but the
+        watermark stuck."""
         try:
             stuck = set(await self._bus.requeue_expired(self.config.max_attempts))
             async with self._pool.connection() as conn:
@@ -144,12 +130,17 @@ class Coordinator:
             log.exception("requeue_expired_failed")
             return
         for tenant_id in sorted(stuck):
-            plan = CommitPlan(
-                tenant_id, SnapshotKind.INGEST, self.config.owner,
-                effects=[self._bus.fail_exhausted_step(tenant_id, self.config.max_attempts),
-                         tokens.FailExpiredReservations(tenant_id)],
-                skip_if_nothing_resolved=True, trace_id=new_trace_id(),
-            )
+            claim = await self._bus.claim_exhausted(
+                self.config.owner, tenant_id, self.config.max_attempts, self.config.lease_seconds)
+            effects: list[Step] = [tokens.FailExpiredReservations(tenant_id)]
+            if claim is not None:
+                reason = f"lease expired {self.config.max_attempts} times (coordinator crashed or stalled)"
+                await self._load_schemas(claim.segments)
+                letters = await asyncio.to_thread(all_dead, claim.segments, self._schemas, reason)
+                effects += [self._bus.dead_letter_step(letters),
+                            self._bus.fail_step(claim, [s.segment_id for s in claim.segments], reason)]
+            plan = CommitPlan(tenant_id, SnapshotKind.INGEST, self.config.owner, effects=effects,
+                              skip_if_nothing_resolved=True, trace_id=new_trace_id())
             with contextlib.suppress(NothingToCommit):
                 await commit(self._pool, plan)
                 log.warning("expired_work_failed", extra={"tenant_id": tenant_id})
@@ -162,13 +153,13 @@ class Coordinator:
         if claim is None:
             return False, False
         await self.process(claim)
-        return True, len(claim.events) >= self.config.max_batch_events
+        return True, claim.record_count >= self.config.max_batch_events
 
     async def process(self, claim: Claim) -> None:
         """Materialize and publish a claimed batch while keeping its lease alive."""
         token = trace_id_var.set(new_trace_id())
         started = time.perf_counter()
-        metrics.CLAIM_BATCH_SIZE.observe(len(claim.events))
+        metrics.CLAIM_BATCH_SIZE.observe(claim.record_count)
         batch = _Batch(claim)
 
         async def extend() -> None:
@@ -188,49 +179,25 @@ class Coordinator:
         metrics.COMMIT_BATCH_LATENCY.observe(time.perf_counter() - started)
 
     async def _process(self, batch: _Batch) -> None:
-        by_tenant: dict[TenantId, list[ClaimedEvent]] = defaultdict(list)
-        for event in batch.claim.events:
-            by_tenant[event.tenant_id].append(event)
-        await self._load_schemas(batch.claim.events)
-        for tenant_id, events in by_tenant.items():
-            work = await self._materialize_tenant(tenant_id, events, batch.claim.claim_id)
-            for reason, ids in work.retry.items():
-                metrics.CLAIM_RETRIES.inc(len(ids))
-                await self._bus.nack(batch.claim, ids, reason)
-            if work.committed or work.failed:
-                await self._publish(tenant_id, batch, work)
+        by_tenant: dict[TenantId, list[ClaimedSegment]] = defaultdict(list)
+        for segment in batch.claim.segments:
+            by_tenant[segment.tenant_id].append(segment)
+        await self._load_schemas(batch.claim.segments)
+        for tenant_id, segments in by_tenant.items():
+            work = await asyncio.to_thread(materialize, segments, self._schemas, batch.claim.claim_id)
+            await self._publish(tenant_id, batch, segments, work)
 
-    async def _load_schemas(self, events: Sequence[ClaimedEvent]) -> None:
-        missing = sorted({e.table_id for e in events if (e.table_id, e.schema_version) not in self._schemas})
+    async def _load_schemas(self, segments: Sequence[ClaimedSegment]) -> None:
+        missing = sorted({s.table_id for s in segments if (s.table_id, s.schema_version) not in self._schemas})
         if missing:
             async with self._pool.connection() as conn:
                 self._schemas.update(await tables.schemas_by_version(conn, missing))
 
-    async def _materialize_tenant(self, tenant_id: TenantId, events: list[ClaimedEvent], claim_id: int) -> TenantWork:
-        """Build one Parquet file per (table, schema version, day); events that cannot be built are
-        isolated one by one and either retried or, out of attempts, failed by the commit."""
-        work = TenantWork(oldest_ingest=min(e.ingested_at for e in events))
-        groups: dict[tuple[TableId, int, str], list[ClaimedEvent]] = defaultdict(list)
-        for event in events:
-            groups[(event.table_id, event.schema_version, event.event_time.date().isoformat())].append(event)
-        for seq, ((table_id, version, day), group) in enumerate(sorted(groups.items())):
-            schema = self._schemas.get((table_id, version))
-            if schema is None:
-                work.fail(group, "table or schema version no longer exists", 0)
-                continue
-            good, bad = await asyncio.to_thread(_build_isolating_poison, group, schema)
-            for event, reason in bad:
-                work.fail([event], reason, self.config.max_attempts)
-            if good is None:
-                continue
-            events_ok, parquet = good
-            path = ingest_key(tenant_id, table_id, date.fromisoformat(day), claim_id, seq)
-            work.files.append((parquet.new_file(table_id, version, path), parquet.data))
-            work.committed += [e.event_id for e in events_ok]
-        return work
-
-    async def _publish(self, tenant_id: TenantId, batch: _Batch, work: TenantWork) -> None:
+    async def _publish(
+        self, tenant_id: TenantId, batch: _Batch, segments: list[ClaimedSegment], work: Materialized
+    ) -> None:
         claim = batch.claim
+        segment_ids = [s.segment_id for s in segments]
         files = [f for f, _ in work.files]
         async with batch.lock:
             await intents.record(self._pool, tenant_id, batch.intent_owner, [f.path for f in files],
@@ -243,14 +210,12 @@ class Coordinator:
             log.warning("object_store_unavailable", extra={"tenant_id": tenant_id}, exc_info=True)
             metrics.SNAPSHOT_PUBLISH_FAILURES.labels("storage").inc()
             # No partial snapshot: the whole tenant goes back, our files are abandoned.
-            await self._abandon(batch, files, [*work.committed, *(i for ids in work.failed.values() for i in ids)])
+            await self._abandon(batch, files, segment_ids)
             return
         requires: list[Step] = [TablesLive(sorted({f.table_id for f in files}))] if files else []
-        # Failing first: the commit step then finds exactly the events it publishes still held.
-        requires += [self._bus.fail_step(claim, ids, reason) for reason, ids in work.failed.items()]
-        if work.committed:
-            requires.append(self._bus.commit_step(claim, tenant_id, work.committed))
+        requires.append(self._bus.commit_step(claim, tenant_id, segment_ids))
         plan = CommitPlan(tenant_id, SnapshotKind.INGEST, self.config.owner, add=files, requires=requires,
+                          effects=[self._bus.dead_letter_step(work.dead)] if work.dead else [],
                           trace_id=trace_id_var.get())
         async with batch.lock:
             try:
@@ -260,64 +225,45 @@ class Coordinator:
                     "lease_lost" if isinstance(exc, LeaseLost) else "conflict").inc()
                 log.warning("publish_refused", extra={"tenant_id": tenant_id, "error_code": exc.error_code,
                                                        **{k: str(v) for k, v in exc.context.items()}})
-                resolved: list[EventId] = []
+                snapshot = None
             else:
-                resolved = [*work.committed, *(i for ids in work.failed.values() for i in ids)]
-                claim.let_go(resolved)
+                claim.let_go(segment_ids)
                 batch.open_intents -= len(files)
-        if not resolved:
-            await self._abandon(batch, files, [*work.committed, *(i for ids in work.failed.values() for i in ids)])
+        if snapshot is None:
+            await self._abandon(batch, files, segment_ids)
             return
         self.batches_published += 1
-        self._observe(tenant_id, work, snapshot.snapshot_id, snapshot.max_visibility_token)
+        self._observe(tenant_id, segments, work, snapshot.snapshot_id, snapshot.max_visibility_token)
 
-    async def _abandon(self, batch: _Batch, files: Sequence[NewDataFile], event_ids: Sequence[EventId]) -> None:
+    async def _abandon(self, batch: _Batch, files: Sequence[NewDataFile], segment_ids: Sequence[SegmentId]) -> None:
         """A commit that did not happen: our files are never referenced (delete them, best effort,
-        and drop their intents) and the events we still hold go back without using an attempt."""
+        and drop their intents) and the segments we still hold go back without using an attempt."""
         for data_file in files:
             with contextlib.suppress(StorageError):
                 await asyncio.to_thread(self._store.delete, data_file.path)
         async with batch.lock:
             await intents.release(self._pool, [f.path for f in files])
             batch.open_intents -= len(files)
-        held = [e for e in event_ids if e in batch.claim.held]
+        held = [s for s in segment_ids if s in batch.claim.held]
         if held:
             await self._bus.release(batch.claim, held)
 
-    def _observe(self, tenant_id: TenantId, work: TenantWork, snapshot_id: int, watermark: int) -> None:
+    def _observe(
+        self, tenant_id: TenantId, segments: list[ClaimedSegment], work: Materialized, snapshot_id: int,
+        watermark: int,
+    ) -> None:
         metrics.SNAPSHOTS_PUBLISHED.labels(str(tenant_id), "ingest").inc()
         metrics.LATEST_VISIBILITY_TOKEN.labels(str(tenant_id)).set(watermark)
-        if work.failed:
-            metrics.EVENTS_FAILED.labels(str(tenant_id)).inc(work.failed_count)
-        if work.oldest_ingest is not None and work.committed:
-            lag = (datetime.now(UTC) - work.oldest_ingest).total_seconds()
+        if work.dead:
+            metrics.EVENTS_FAILED.labels(str(tenant_id)).inc(len(work.dead))
+        if work.records:
+            oldest = min(s.ingested_at for s in segments)
+            lag = (datetime.now(UTC) - oldest).total_seconds()
             metrics.WRITE_TO_VISIBLE.labels(str(tenant_id)).observe(max(lag, 0.0))
         log.info("snapshot_published", extra={
             "tenant_id": tenant_id, "snapshot_id": snapshot_id, "files": len(work.files),
-            "events": len(work.committed), "failed": work.failed_count, "max_visibility_token": watermark,
+            "events": work.records, "failed": len(work.dead), "max_visibility_token": watermark,
         })
-
-
-def _build_isolating_poison(
-    group: list[ClaimedEvent], schema: TableSchema
-) -> tuple[tuple[list[ClaimedEvent], ParquetFile] | None, list[tuple[ClaimedEvent, str]]]:
-    """Build one file for the group; if that fails, find the events that cannot be built
-    (one by one, only on this rare path) and build the rest."""
-    try:
-        return (group, write_parquet(build_table(group, schema))), []
-    except Exception:
-        log.warning("materialize_group_failed", exc_info=True)
-    good: list[ClaimedEvent] = []
-    bad: list[tuple[ClaimedEvent, str]] = []
-    for event in group:
-        try:
-            build_table([event], schema)
-            good.append(event)
-        except Exception as exc:
-            bad.append((event, f"cannot materialize: {type(exc).__name__}: {exc}"[:500]))
-    if not good:
-        return None, bad
-    return (good, write_parquet(build_table(good, schema))), bad
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from duckmesh.errors import ValidationFailed
 
 
 class IngestRecord(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    idempotency_key: str = Field(min_length=1, max_length=512)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=512)
     op: str = "insert"
     payload: Any = None
     event_time: str | None = None
 
 
 class IngestRequest(BaseModel):
+    """The JSON-object body (the schema the OpenAPI document shows; the hot path decodes with
+    msgspec structs generated per table, this model only explains shape errors)."""
+
     model_config = ConfigDict(extra="forbid")
 
     records: list[IngestRecord] = Field(default_factory=list)
@@ -34,3 +39,52 @@ class IngestReceipt(BaseModel):
     # With wait_for_visibility: records of this request that were dead-lettered instead of
     # becoming visible (status "dead_lettered"; see GET /v1/dead-letters).
     failed_count: int = 0
+
+
+def envelope(
+    parsed: Any, form: str, default_op: str, keys_required: bool
+) -> tuple[bool | None, int | None, list[dict[str, Any]]]:
+    """The body's shape, checked: (wait_for_visibility, visibility_timeout_ms, record entries).
+    Raises ValidationFailed with every shape problem, grouped by record index."""
+    if form != "object":
+        if not isinstance(parsed, list) or not all(isinstance(p, dict) for p in parsed):
+            raise ValidationFailed("the body must be an array of JSON objects (one payload each)",
+                                   hint="send {\"records\": [...]} for per-record keys and ops")
+        return None, None, [{"payload": p, "op": default_op} for p in parsed]
+    if isinstance(parsed, dict) and "records" not in parsed and set(parsed) - set(IngestRequest.model_fields):
+        hint = "wrap the rows: {\"records\": [{\"idempotency_key\": ..., \"payload\": {...}}]}"
+        raise ValidationFailed("the body has no records", request_errors=["records: Field required"], hint=hint)
+    try:
+        request = IngestRequest.model_validate(parsed)
+    except ValidationError as exc:
+        context = _grouped(exc.errors())
+        rows = parsed.get("records") if isinstance(parsed, dict) else None
+        if isinstance(rows, list) and any(isinstance(r, dict) and "payload" not in r for r in rows):
+            context["hint"] = "wrap each row in payload: {\"idempotency_key\": ..., \"payload\": {...row...}}"
+        raise ValidationFailed("the request body is not valid", **context) from None
+    missing = [i for i, r in enumerate(request.records) if keys_required and r.idempotency_key is None]
+    if missing:
+        raise ValidationFailed("the request body is not valid", errors=[
+            {"index": i, "errors": ["idempotency_key: required unless the request has an Idempotency-Key header"]}
+            for i in missing])
+    entries = [r.model_dump() for r in request.records]
+    return request.wait_for_visibility, request.visibility_timeout_ms, entries
+
+
+def _grouped(errors: list[Any]) -> dict[str, Any]:
+    """pydantic errors grouped by record index, so every bad record is named once."""
+    by_record: dict[int, list[str]] = {}
+    other: list[str] = []
+    for err in errors:
+        loc = list(err.get("loc", ()))
+        text = f"{'.'.join(str(p) for p in loc[2:] or loc)}: {err.get('msg')}"
+        if len(loc) >= 2 and loc[0] == "records" and isinstance(loc[1], int):
+            by_record.setdefault(loc[1], []).append(text)
+        else:
+            other.append(text)
+    context: dict[str, Any] = {}
+    if by_record:
+        context["errors"] = [{"index": i, "errors": e} for i, e in sorted(by_record.items())]
+    if other:
+        context["request_errors"] = other
+    return context

@@ -1,16 +1,15 @@
-"""Ingest: validate every record, report every bad one, then publish all or nothing."""
+"""Ingest: validate a request into columnar records (every bad record reported), then accept all of
+it or none in a group commit with the tenant's other concurrent requests (one segment each)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
-from typing import Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
-import orjson
-
-from duckmesh.bus.base import IngestBus, NewEvent, PublishOutcome
+from duckmesh.bus.base import IngestBus, NewSegment, PublishOutcome, encode_segment
 from duckmesh.catalog import tables
 from duckmesh.catalog.db import CatalogPool
 from duckmesh.catalog.tables import TableDef
@@ -20,17 +19,31 @@ from duckmesh.errors import (
     ConsistencyTimeout,
     DuckMeshError,
     OpNotSupported,
-    PayloadTooLarge,
-    RecordsRequired,
+    SchemaChanged,
+    TableNotFound,
     ValidationFailed,
 )
 from duckmesh.ingest.backpressure import Admission
-from duckmesh.ingest.models import IngestReceipt, IngestRecord, IngestRequest
+from duckmesh.ingest.group import GroupCommitter
+from duckmesh.ingest.models import IngestReceipt
+from duckmesh.ingest.validate import BodyForm, Records, RecordValidator
 from duckmesh.observability import metrics
-from duckmesh.schema import PayloadValidator, parse_timestamp
 
 # Waits until a token is visible in a table of a tenant; returns the snapshot id that covers it.
 VisibilityWaiter = Callable[[TenantId, TableId, VisibilityToken, float], Awaitable[SnapshotId]]
+# Bodies at least this large are validated in a worker thread, so the event loop keeps serving.
+_OFF_LOOP_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """What a request says besides its records (headers and query string)."""
+
+    form: BodyForm = BodyForm.OBJECT
+    request_key: str | None = None  # the Idempotency-Key header
+    op: Op = Op.INSERT  # for array and NDJSON bodies
+    wait_for_visibility: bool = False  # array/NDJSON bodies: from the query string
+    visibility_timeout_ms: int = 3000
 
 
 class IngestService:
@@ -50,50 +63,90 @@ class IngestService:
         self._max_payload_bytes = max_payload_bytes
         self._wait = wait_for_visibility
         self.admission = admission or Admission()
-        self._validators: dict[tuple[TableId, int], PayloadValidator] = {}
+        self._committer = GroupCommitter(bus)
+        self._validators: dict[tuple[TableId, int], RecordValidator] = {}
+        # Table definitions by (tenant, name); a stale one is noticed by the accepting transaction
+        # (dropped table, newer schema version) and reloaded once.
+        self._tables: dict[tuple[TenantId, str], TableDef] = {}
 
-    def _validator(self, table: TableDef) -> PayloadValidator:
+    async def _table(self, tenant_id: TenantId, name: str, *, fresh: bool) -> TableDef:
+        key = (tenant_id, name)
+        table = None if fresh else self._tables.get(key)
+        if table is None:
+            self._tables.pop(key, None)
+            async with self._pool.connection() as conn:
+                table = self._tables[key] = await tables.get_table(conn, tenant_id, name)
+        return table
+
+    def _validator(self, table: TableDef) -> RecordValidator:
         key = (table.table_id, table.schema_version)
         validator = self._validators.get(key)
         if validator is None:
-            validator = self._validators[key] = PayloadValidator(table.schema)
+            validator = self._validators[key] = RecordValidator(
+                table.schema, max_records=self._max_records, max_payload_bytes=self._max_payload_bytes)
         return validator
 
     async def ingest(
-        self, principal: Principal, table_name: str, request: IngestRequest, trace_id: str | None
+        self, principal: Principal, table_name: str, body: bytes, options: IngestOptions, trace_id: str | None
     ) -> IngestReceipt:
         started = time.perf_counter()
         tenant = str(principal.tenant_id)
-        if not request.records:
-            raise RecordsRequired("the request has no records")
-        if len(request.records) > self._max_records:
-            raise PayloadTooLarge(
-                "too many records in one request", records=len(request.records), max_records=self._max_records
+        body_hash = hashlib.sha256(body).digest() if options.request_key else None
+        admitted = False
+        for attempt in range(2):
+            cached = attempt == 0 and (principal.tenant_id, table_name) in self._tables
+            table = await self._table(principal.tenant_id, table_name, fresh=attempt > 0)
+            try:
+                records = await self._parse(table, body, options)
+            except (ValidationFailed, OpNotSupported):
+                if cached:
+                    continue  # the cached definition may be older than the table: look again
+                raise
+            if not admitted:
+                self._admit(principal.tenant_id, records.count)
+                admitted = True
+            segment = NewSegment(
+                table.table_id, table.schema_version, await _serialized(records), records.count,
+                records.keys, records.digests, options.request_key, body_hash, trace_id,
             )
-        try:
-            self.admission.admit(principal.tenant_id, len(request.records))
-        except DuckMeshError:
-            metrics.INGEST_REJECTED.labels(tenant, "backpressure").inc(len(request.records))
-            raise
-        async with self._pool.connection() as conn:
-            table = await tables.get_table(conn, principal.tenant_id, table_name)
-        events = self._validate(table, request.records)
-        try:
-            outcome = await self._bus.publish(
-                principal.tenant_id, table.table_id, table.schema_version, events, trace_id
-            )
-        except Exception:
+            outcome = await self._committer.submit(principal.tenant_id, segment)
+            if isinstance(outcome, SchemaChanged | TableNotFound) and attempt == 0:
+                continue  # the table changed since we looked it up: look again, validate again
+            break
+        if isinstance(outcome, Exception):
             metrics.INGEST_REQUESTS.labels(tenant, "error").inc()
-            raise
-        receipt = _receipt(outcome, table.schema_version)
+            raise outcome
+        receipt = _receipt(outcome)
         metrics.INGEST_REQUESTS.labels(tenant, "ok").inc()
         metrics.INGEST_RECORDS.labels(tenant, table_name).inc(outcome.accepted_count)
         metrics.INGEST_DUPLICATES.labels(tenant, table_name).inc(outcome.duplicate_count)
         metrics.INGEST_ACK_LATENCY.labels(tenant).observe(time.perf_counter() - started)
-        if request.wait_for_visibility and self._wait is not None:
-            receipt = await self._wait_visible(principal.tenant_id, table.table_id, outcome, receipt,
-                                               request.visibility_timeout_ms / 1000)
+        wait = options.wait_for_visibility if records.wait_for_visibility is None else records.wait_for_visibility
+        timeout = options.visibility_timeout_ms if records.visibility_timeout_ms is None \
+            else records.visibility_timeout_ms
+        if wait and self._wait is not None and receipt.max_visibility_token:
+            receipt = await self._wait_visible(principal.tenant_id, table.table_id, outcome, receipt, timeout / 1000)
         return receipt
+
+    async def _parse(self, table: TableDef, body: bytes, options: IngestOptions) -> Records:
+        validator = self._validator(table)
+        keys_required = options.request_key is None and options.form is BodyForm.OBJECT
+        try:
+            if len(body) >= _OFF_LOOP_BYTES:
+                return await asyncio.to_thread(validator.parse, body, options.form, default_op=options.op,
+                                               keys_required=keys_required)
+            return validator.parse(body, options.form, default_op=options.op, keys_required=keys_required)
+        except DuckMeshError as exc:
+            metrics.INGEST_REJECTED.labels(str(table.tenant_id), "validation").inc()
+            exc.context.setdefault("table", table.table_name)
+            raise
+
+    def _admit(self, tenant_id: TenantId, records: int) -> None:
+        try:
+            self.admission.admit(tenant_id, records)
+        except DuckMeshError:
+            metrics.INGEST_REJECTED.labels(str(tenant_id), "backpressure").inc(records)
+            raise
 
     async def _wait_visible(
         self, tenant_id: TenantId, table_id: TableId, outcome: PublishOutcome, receipt: IngestReceipt, timeout: float
@@ -108,68 +161,32 @@ class IngestService:
             # The write itself was accepted: the context says so, and retrying is safe.
             exc.context.update(max_visibility_token=receipt.max_visibility_token, accepted=True)
             raise
-        failed = set(await self._bus.failed_tokens(tenant_id, sorted(set(outcome.tokens))))
+        tokens = outcome.tokens or [VisibilityToken(receipt.max_visibility_token)]
+        failed = set(await self._bus.failed_tokens(tenant_id, sorted(set(tokens))))
         return receipt.model_copy(update={
             "visible_snapshot_id": snapshot_id, "status": "dead_lettered" if failed else "visible",
-            "failed_count": sum(1 for t in outcome.tokens if t in failed),
+            "failed_count": sum(1 for t in tokens if t in failed),
         })
 
-    def _validate(self, table: TableDef, records: Sequence[IngestRecord]) -> list[NewEvent]:
-        validator = self._validator(table)
-        now = datetime.now(UTC)
-        events: list[NewEvent] = []
-        problems: list[dict[str, Any]] = []
-        unsupported: list[int] = []
-        for index, record in enumerate(records):
-            errors: list[str] = []
-            try:
-                op = Op(record.op)
-            except ValueError:
-                problems.append({"index": index, "idempotency_key": record.idempotency_key,
-                                 "errors": [f"unknown op {record.op!r}; use insert, upsert or delete"]})
-                continue
-            if op is not Op.INSERT and not table.schema.keyed:
-                unsupported.append(index)
-                continue
-            canonical, errors = validator.canonical(record.payload, op)
-            event_time = now
-            if record.event_time is not None:
-                try:
-                    event_time = parse_timestamp(record.event_time)
-                except ValueError as exc:
-                    errors.append(f"event_time: {exc}")
-            payload_json = orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS).decode()
-            if len(payload_json) > self._max_payload_bytes:
-                errors.append(f"payload is larger than {self._max_payload_bytes} bytes")
-            if errors:
-                problems.append({"index": index, "idempotency_key": record.idempotency_key, "errors": errors})
-                continue
-            # The hash covers what makes two writes "the same": payload and an explicit event time.
-            digest = hashlib.sha256(payload_json.encode())
-            digest.update(b"|" + (record.event_time or "").encode())
-            events.append(NewEvent(record.idempotency_key, op, payload_json, digest.digest(), event_time))
-        if unsupported:
-            raise OpNotSupported(
-                "upsert and delete need a table with a primary key", table=table.table_name, indexes=unsupported
-            )
-        if problems:
-            metrics.INGEST_REJECTED.labels(str(table.tenant_id), "validation").inc(len(problems))
-            raise ValidationFailed(
-                f"{len(problems)} of {len(records)} records are invalid; nothing was stored", errors=problems
-            )
-        return events
+
+async def _serialized(records: Records) -> bytes:
+    if records.table.nbytes >= _OFF_LOOP_BYTES:
+        return await asyncio.to_thread(encode_segment, records.table)
+    return encode_segment(records.table)
 
 
 def receipt_token(receipt: IngestReceipt) -> VisibilityToken:
     return VisibilityToken(receipt.max_visibility_token)
 
 
-def _receipt(outcome: PublishOutcome, schema_version: int) -> IngestReceipt:
+def _receipt(outcome: PublishOutcome) -> IngestReceipt:
+    if outcome.earlier_receipt is not None:  # a repeated Idempotency-Key: the first request's answer
+        return IngestReceipt(visible_snapshot_id=None, **outcome.earlier_receipt)
     return IngestReceipt(
         accepted_count=outcome.accepted_count,
         duplicate_count=outcome.duplicate_count,
         max_visibility_token=outcome.max_token,
         visible_snapshot_id=None,
         status="partial_duplicate" if outcome.duplicate_count else "accepted",
-        schema_version=schema_version,
+        schema_version=outcome.schema_version,
     )

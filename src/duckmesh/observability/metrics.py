@@ -22,6 +22,11 @@ INGEST_ACK_LATENCY = Histogram(
     buckets=_LATENCY, registry=REGISTRY,
 )
 
+INGEST_GROUP_SIZE = Histogram(
+    "duckmesh_ingest_group_size", "Requests accepted together in one transaction (group commit)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=REGISTRY,
+)
+
 # freshness
 INGEST_LAG_EVENTS = Gauge(
     "duckmesh_ingest_lag_events", "Accepted events not yet visible", ["tenant"], registry=REGISTRY
