@@ -7,7 +7,7 @@ import httpx
 import psycopg
 
 from duckmesh.catalog.db import CatalogPool
-from tests.conftest import KeyMaker
+from tests.conftest import KeyMaker, QueryCtx
 from tests.helpers import bus_records, create_table, records
 
 
@@ -156,3 +156,83 @@ async def test_oversized_requests_are_refused_with_413(
     big = await client.post("/v1/ingest/events", headers=headers, content=huge)
     assert big.status_code == 413 and big.json()["error_code"] == "PAYLOAD_TOO_LARGE"
     assert await _events(pool) == []
+
+
+async def test_concurrent_retries_of_one_idempotency_key_header_store_the_request_once(
+    client: httpx.AsyncClient, make_key: KeyMaker, pool: CatalogPool
+) -> None:
+    headers = await make_key()
+    await create_table(client, headers)
+    rows = [r["payload"] for r in records(0, 30)]
+    retry = {**headers, "Idempotency-Key": "batch-0001"}
+    responses = await asyncio.gather(*(client.post("/v1/ingest/events", headers=retry, json=rows) for _ in range(40)))
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
+    receipts = [r.json() for r in responses]
+    assert all(r == receipts[0] for r in receipts), "every retry answers the first request's receipt"
+    assert receipts[0]["accepted_count"] == 30 and receipts[0]["max_visibility_token"] == 30
+    replayed = [r.headers.get("Idempotent-Replayed") for r in responses]
+    assert replayed.count(None) == 1 and replayed.count("true") == 39, "exactly one of the retries stored it"
+    assert len(await _events(pool)) == 30
+
+    other_body = await client.post("/v1/ingest/events", headers=retry, json=rows[:29])
+    assert other_body.status_code == 409 and other_body.json()["error_code"] == "IDEMPOTENCY_KEY_REUSED"
+    fresh = await client.post("/v1/ingest/events", headers={**headers, "Idempotency-Key": "batch-0002"}, json=rows)
+    assert fresh.json()["accepted_count"] == 30 and fresh.json()["max_visibility_token"] == 60
+    async with pool.connection() as conn:
+        stored = await (await conn.execute("SELECT count(*) AS n FROM ingest_request")).fetchone()
+        keys = await (await conn.execute("SELECT count(*) AS n FROM ingest_key")).fetchone()
+    assert stored is not None and stored["n"] == 2, "one catalog row per request"
+    assert keys is not None and keys["n"] == 0, "no per-record keys without per-record idempotency keys"
+
+
+async def test_a_refused_request_with_an_idempotency_key_can_be_sent_again_corrected(
+    client: httpx.AsyncClient, make_key: KeyMaker, pool: CatalogPool
+) -> None:
+    headers = {**await make_key(), "Idempotency-Key": "fix-me"}
+    await create_table(client, headers)
+    bad = await client.post("/v1/ingest/events", headers=headers, json=[{"id": "one"}])
+    assert bad.status_code == 400 and bad.json()["error_code"] == "VALIDATION_FAILED"
+    good = await client.post("/v1/ingest/events", headers=headers, json=[{"id": 1}])
+    assert good.status_code == 200 and good.json()["accepted_count"] == 1
+    assert len(await _events(pool)) == 1
+
+
+async def test_bare_arrays_and_ndjson_bodies_are_payloads_with_options_in_the_query(
+    ctx: QueryCtx,
+) -> None:
+    client, headers, coordinator = ctx
+    await create_table(client, headers, "users", primary_key=["id"])
+    array = await client.post("/v1/ingest/users?op=upsert", headers=headers,
+                              json=[{"id": 1, "name": "a"}, {"id": 2, "name": "b"}])
+    assert array.status_code == 200, array.text
+    lines = b'{"id": 2, "name": "b2"}\n\n{"id": 3, "name": "c"}\n'
+    waiting = asyncio.create_task(client.post(
+        "/v1/ingest/users?op=upsert&wait_for_visibility=true&visibility_timeout_ms=20000",
+        headers={**headers, "Content-Type": "application/x-ndjson"}, content=lines))
+    while not waiting.done():
+        await coordinator.run_once()
+        await asyncio.sleep(0.05)
+    ndjson = await waiting
+    assert ndjson.status_code == 200, ndjson.text
+    assert ndjson.json()["status"] == "visible" and ndjson.json()["max_visibility_token"] == 4
+    answer = await client.post("/v1/query", headers=headers, json={
+        "sql": "SELECT id, name FROM users ORDER BY id", "min_visibility_token": 4})
+    assert answer.json()["rows"] == [[1, "a"], [2, "b2"], [3, "c"]]
+
+    bad_line = await client.post("/v1/ingest/users", headers={**headers, "Content-Type": "application/x-ndjson"},
+                                 content=b'{"id": 9}\n{"id": "ten"}\n')
+    assert bad_line.status_code == 400
+    assert [e["index"] for e in bad_line.json()["context"]["errors"]] == [1]
+    broken = await client.post("/v1/ingest/users", headers={**headers, "Content-Type": "application/x-ndjson"},
+                               content=b'{"id": 9}\n{"id": \n')
+    assert broken.status_code == 400 and broken.json()["error_code"] == "INVALID_JSON"
+    neither = await client.post("/v1/ingest/users", headers=headers, content=b'"just a string"')
+    assert neither.status_code == 400 and neither.json()["error_code"] == "INVALID_JSON"
+    deleted = await client.post("/v1/ingest/users?op=delete", headers=headers, json=[{"id": 1}])
+    assert deleted.status_code == 200, deleted.text
+    await coordinator.run_once()
+    answer = await client.post("/v1/query", headers=headers, json={
+        "sql": "SELECT id FROM users ORDER BY id", "min_visibility_token": deleted.json()["max_visibility_token"]})
+    assert answer.json()["rows"] == [[2], [3]]
+    unknown_op = await client.post("/v1/ingest/users?op=merge", headers=headers, json=[{"id": 1}])
+    assert unknown_op.status_code == 400 and unknown_op.json()["error_code"] == "VALIDATION_FAILED"

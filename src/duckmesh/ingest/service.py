@@ -46,6 +46,12 @@ class IngestOptions:
     visibility_timeout_ms: int = 3000
 
 
+@dataclass(frozen=True)
+class IngestResult:
+    receipt: IngestReceipt
+    replayed: bool  # a repeated Idempotency-Key: the receipt is the first request's
+
+
 class IngestService:
     def __init__(
         self,
@@ -88,7 +94,7 @@ class IngestService:
 
     async def ingest(
         self, principal: Principal, table_name: str, body: bytes, options: IngestOptions, trace_id: str | None
-    ) -> IngestReceipt:
+    ) -> IngestResult:
         started = time.perf_counter()
         tenant = str(principal.tenant_id)
         body_hash = hashlib.sha256(body).digest() if options.request_key else None
@@ -126,7 +132,7 @@ class IngestService:
             else records.visibility_timeout_ms
         if wait and self._wait is not None and receipt.max_visibility_token:
             receipt = await self._wait_visible(principal.tenant_id, table.table_id, outcome, receipt, timeout / 1000)
-        return receipt
+        return IngestResult(receipt, replayed=outcome.earlier_receipt is not None)
 
     async def _parse(self, table: TableDef, body: bytes, options: IngestOptions) -> Records:
         validator = self._validator(table)

@@ -213,15 +213,13 @@ class RecordValidator:
     def _slow_path(self, body: bytes, form: BodyForm, default_op: Op, keys_required: bool) -> Records:
         from duckmesh.ingest.models import envelope  # the pydantic shape report, only on this path
 
-        try:
-            parsed = msgspec.json.decode(body)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:  # strict JSON: NaN, 1e400...
+        try:  # strict JSON: NaN, Infinity and 1e400 are refused
+            if form is BodyForm.NDJSON:
+                parsed: Any = [msgspec.json.decode(line) for line in body.splitlines() if line.strip()]
+            else:
+                parsed = msgspec.json.decode(body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise InvalidJson("the body is not valid JSON", reason=str(exc)) from None
-        if form is BodyForm.NDJSON:
-            try:
-                parsed = [msgspec.json.decode(line) for line in body.splitlines() if line.strip()]
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                raise InvalidJson("a line of the body is not valid JSON", reason=str(exc)) from None
         wait, timeout, entries = envelope(parsed, form, default_op.value, keys_required)
         self._check_count(len(entries))
         rows: list[str] = []

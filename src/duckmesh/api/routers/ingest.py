@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import Depends, Header, Query, Request
+from fastapi import Depends, Header, Query, Request, Response
 
 from duckmesh.api.auth import require
 from duckmesh.api.context import AppContext
@@ -42,21 +42,27 @@ def _form(content_type: str, body: bytes) -> BodyForm:
     }}},
 )
 async def ingest(
-    table: str, principal: Writer, request: Request,
+    table: str, principal: Writer, request: Request, response: Response,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=512, pattern=r"^[\x20-\x7e]+$")] = None,
-    op: Annotated[Literal["insert", "upsert"], Query(description="array and NDJSON bodies: the op of every record")]
+    op: Annotated[Literal["insert", "upsert", "delete"],
+              Query(description="array and NDJSON bodies: the op of every record")]
     = "insert",
     wait_for_visibility: Annotated[bool, Query(description="array and NDJSON bodies")] = False,
     visibility_timeout_ms: Annotated[int, Query(ge=0, le=600_000, description="array and NDJSON bodies")] = 3000,
 ) -> IngestReceipt:
-    """The body is read raw and validated by the ingest service (msgspec structs per table schema)."""
+    """The body is read raw and validated by the ingest service (msgspec structs per table schema).
+    A retry of an ``Idempotency-Key`` answers the first request's receipt with the header
+    ``Idempotent-Replayed: true``."""
     ctx: AppContext = request.app.state.ctx
     body = await request.body()
     options = IngestOptions(
         form=_form(request.headers.get("content-type", ""), body), request_key=idempotency_key, op=Op(op),
         wait_for_visibility=wait_for_visibility, visibility_timeout_ms=visibility_timeout_ms,
     )
-    return await ctx.ingest.ingest(principal, table, body, options, trace_id_var.get())
+    result = await ctx.ingest.ingest(principal, table, body, options, trace_id_var.get())
+    if result.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return result.receipt
 
 
 
