@@ -202,3 +202,63 @@ def _resume_stopped_processes(spawn: Spawner) -> Any:
     yield
     for proc in spawn._procs:
         proc.send(signal.SIGCONT)
+
+
+async def test_a_killed_coordinators_claims_are_taken_over_long_before_its_lease_ends(
+    spawn: Spawner, dsn: str, pool: CatalogPool, make_key: KeyMaker, tmp_path: Path,
+) -> None:
+    """SIGKILL a coordinator while it holds a claim under a two-minute lease: PostgreSQL drops its
+    liveness lock with its connection, and another coordinator publishes the records within
+    seconds, each exactly once."""
+    lease = 120
+
+    def settings(**extra: str) -> dict[str, str]:  # each process on a port of its own
+        return external_settings(dsn, tmp_path / "objects", coordinator_lease_seconds=str(lease),
+                                 maintenance_gc_safety_age=str(lease * 5), **extra)
+
+    api = spawn.start("api", settings=settings(), name="api")
+    async with http_client(api.base_url) as http:
+        headers = await make_key("takeover")
+        await create_table(http, headers)
+        last_token = 0
+        caught = 0
+        for attempt in range(8):
+            victim = spawn.start("coordinator", settings=settings(coordinator_id=f"victim{attempt}"),
+                                 name=f"victim-{attempt}")
+            body = {"records": [{**r, "payload": {**r["payload"], "name": "x" * 200}}
+                                for r in records(attempt * 10_000, 10_000, prefix=f"t{attempt}")]}
+            response = await http.post("/v1/ingest/events", headers=headers, json=body, timeout=60)
+            assert response.status_code == 200, response.text
+            last_token = response.json()["max_visibility_token"]
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not caught:
+                async with pool.connection() as conn:
+                    cur = await conn.execute("SELECT count(*) AS n FROM ingest_segment WHERE state = 'claimed'"
+                                             " AND lease_owner = %s", (f"victim{attempt}",))
+                    row = await cur.fetchone()
+                if row and row["n"]:
+                    victim.send(signal.SIGSTOP)  # frozen at once, then checked: does it still hold the claim?
+                    async with pool.connection() as conn:
+                        cur = await conn.execute("SELECT count(*) AS n FROM ingest_segment WHERE state = 'claimed'"
+                                                 " AND lease_owner = %s", (f"victim{attempt}",))
+                        row = await cur.fetchone()
+                    caught = row["n"] if row else 0
+                    if not caught:
+                        victim.send(signal.SIGCONT)
+                    break
+                await asyncio.sleep(0.002)
+            if caught:
+                victim.kill()
+                break
+            victim.kill()  # it published before we caught it holding the claim: try again
+        assert caught, "never caught a coordinator holding a claim"
+
+        started = time.monotonic()
+        spawn.start("coordinator", settings=settings(coordinator_id="survivor"), name="survivor")
+        answer = await http.post("/v1/query", headers=headers, timeout=90, json={
+            "sql": "SELECT count(*), count(DISTINCT id) FROM events", "min_visibility_token": last_token,
+            "consistency_timeout_ms": 60_000})
+        taken_over_in = time.monotonic() - started
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["rows"] == [[last_token, last_token]], "every record exactly once"
+        assert taken_over_in < lease / 2, f"took {taken_over_in:.1f} s: waited for the lease, not liveness"

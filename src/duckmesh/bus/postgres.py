@@ -23,6 +23,7 @@ from duckmesh.bus.base import Claim, ClaimedSegment, DeadLetter, NewSegment, Pub
 from duckmesh.catalog import tokens
 from duckmesh.catalog.commit import CommitContext, Step
 from duckmesh.catalog.db import AsyncConn, CatalogPool
+from duckmesh.catalog.liveness import ABANDONED, LIVE_KEYS, Liveness
 from duckmesh.catalog.notify import INGEST_CHANNEL, Listener
 from duckmesh.domain import SegmentId, TableId, TenantId, VisibilityToken
 from duckmesh.errors import IdempotencyKeyReused, LeaseLost, SchemaChanged, TableNotFound
@@ -42,18 +43,19 @@ WITH picked AS (
 )
 UPDATE ingest_segment g
 SET state = 'claimed', lease_owner = %(owner)s, claim_id = %(claim_id)s, attempts = g.attempts + 1,
-    lease_until = clock_timestamp() + make_interval(secs => %(lease)s)
+    lease_until = clock_timestamp() + make_interval(secs => %(lease)s), liveness_key = %(live)s
 FROM chosen c WHERE g.segment_id = c.segment_id
 RETURNING g.segment_id, g.tenant_id, g.table_id, g.schema_version, g.min_token, g.record_count, g.attempts,
           g.trace_id, g.ingested_at, g.lease_until, g.data
 """
 
-_CLAIM_EXHAUSTED = """
+_CLAIM_EXHAUSTED = f"""
+WITH {LIVE_KEYS}
 UPDATE ingest_segment SET lease_owner = %(owner)s, claim_id = %(claim_id)s,
-    lease_until = clock_timestamp() + make_interval(secs => %(lease)s)
+    lease_until = clock_timestamp() + make_interval(secs => %(lease)s), liveness_key = %(live)s
 WHERE segment_id IN (
     SELECT segment_id FROM ingest_segment WHERE tenant_id = %(t)s AND state = 'claimed'
-      AND lease_until < clock_timestamp() AND attempts >= %(max)s
+      AND {ABANDONED} AND attempts >= %(max)s
     ORDER BY segment_id LIMIT 1000 FOR UPDATE SKIP LOCKED)
 RETURNING segment_id, tenant_id, table_id, schema_version, min_token, record_count, attempts, trace_id,
           ingested_at, lease_until, data
@@ -113,9 +115,10 @@ class _Group:
 
 
 class PostgresBus:
-    def __init__(self, pool: CatalogPool, listener: Listener | None = None) -> None:
+    def __init__(self, pool: CatalogPool, listener: Listener | None = None, liveness: Liveness | None = None) -> None:
         self._pool = pool
         self._listener = listener
+        self._liveness = liveness  # claims made under it are taken over as soon as it is lost
         self._seen_generation = -1
 
     async def publish(self, tenant_id: TenantId, segments: Sequence[NewSegment]) -> list[PublishOutcome | Exception]:
@@ -140,6 +143,7 @@ class PostgresBus:
             cur = await tx.execute(_CLAIM, {
                 "max_segments": min(max_events, _MAX_SEGMENTS_PER_CLAIM), "max_events": max_events,
                 "max_bytes": max_bytes, "owner": owner, "claim_id": claim_id, "lease": lease_seconds,
+                "live": self._live_key(),
             })
             rows = await cur.fetchall()
             return await _finish_claim(tx, claim_id, owner, rows)
@@ -150,7 +154,7 @@ class PostgresBus:
         async with self._pool.transaction() as tx:
             claim_id = await _new_claim(tx, owner, lease_seconds)
             cur = await tx.execute(_CLAIM_EXHAUSTED, {"owner": owner, "claim_id": claim_id, "lease": lease_seconds,
-                                                      "t": tenant_id, "max": max_attempts})
+                                                      "t": tenant_id, "max": max_attempts, "live": self._live_key()})
             return await _finish_claim(tx, claim_id, owner, await cur.fetchall())
 
     async def extend(self, claim: Claim, lease_seconds: float) -> None:
@@ -185,25 +189,29 @@ class PostgresBus:
         async with self._pool.transaction() as tx:
             await tx.execute(
                 "UPDATE ingest_segment SET state = 'accepted', lease_owner = NULL, lease_until = NULL,"
-                " attempts = greatest(attempts - 1, 0)"
+                " liveness_key = NULL, attempts = greatest(attempts - 1, 0)"
                 f" WHERE segment_id = ANY(%(ids)s) AND {_HELD}",
                 {"ids": list(segment_ids), "claim": claim.claim_id, "owner": claim.owner},
             )
             await tx.execute(f"NOTIFY {INGEST_CHANNEL}")
         claim.let_go(segment_ids)
 
+    def _live_key(self) -> int | None:
+        return self._liveness.key if self._liveness is not None else None
+
     async def requeue_expired(self, max_attempts: int) -> list[TenantId]:
         async with self._pool.transaction() as tx:
             cur = await tx.execute(
-                "UPDATE ingest_segment SET state = 'accepted', lease_owner = NULL, lease_until = NULL"
-                " WHERE state = 'claimed' AND lease_until < clock_timestamp() AND attempts < %s",
+                f"WITH {LIVE_KEYS} UPDATE ingest_segment SET state = 'accepted', lease_owner = NULL,"
+                " lease_until = NULL, liveness_key = NULL"
+                f" WHERE state = 'claimed' AND {ABANDONED} AND attempts < %s",
                 (max_attempts,),
             )
             if cur.rowcount:
                 await tx.execute(f"NOTIFY {INGEST_CHANNEL}")
             cur = await tx.execute(
-                "SELECT DISTINCT tenant_id FROM ingest_segment"
-                " WHERE state = 'claimed' AND lease_until < clock_timestamp() AND attempts >= %s",
+                f"WITH {LIVE_KEYS} SELECT DISTINCT tenant_id FROM ingest_segment"
+                f" WHERE state = 'claimed' AND {ABANDONED} AND attempts >= %s",
                 (max_attempts,),
             )
             return [TenantId(r["tenant_id"]) for r in await cur.fetchall()]

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from duckmesh.api.context import AppContext, OpsContext
 from duckmesh.bus.postgres import PostgresBus
 from duckmesh.catalog.db import CatalogPool, embedded_dsn
+from duckmesh.catalog.liveness import Liveness
 from duckmesh.catalog.notify import INGEST_CHANNEL, Listener
 from duckmesh.config import Settings
 from duckmesh.coordinator.worker import Coordinator, CoordinatorConfig
@@ -203,13 +204,16 @@ async def open_runtime(settings: Settings, dsn: str, role: ProcessRole) -> Async
     pool = CatalogPool(dsn, max_size=settings.catalog_pool_size, name=f"duckmesh-{role.value}")
     await pool.open()
     listener = Listener(dsn, (INGEST_CHANNEL,)) if role.coordinates else None
+    liveness = Liveness(dsn) if role.coordinates else None
     barrier = VisibilityBarrier(pool, dsn, poll_interval=settings.barrier_poll_interval_ms / 1000)
     try:
         if listener is not None:
             await listener.start()
+        if liveness is not None:
+            await liveness.start()
         store = open_object_store(settings)
         runtime = Runtime(role, settings, pool, store, OpsContext(settings, pool, store))
-        bus = PostgresBus(pool, listener)
+        bus = PostgresBus(pool, listener, liveness)
         if role.coordinates:
             runtime.coordinator = build_coordinator(settings, pool, bus, store)
         if role.serves_api or role.compacts:
@@ -227,4 +231,6 @@ async def open_runtime(settings: Settings, dsn: str, role: ProcessRole) -> Async
         await barrier.stop()
         if listener is not None:
             await listener.stop()
+        if liveness is not None:
+            await liveness.stop()
         await pool.close()

@@ -90,7 +90,9 @@ class Coordinator:
             now = time.monotonic()
             if now >= next_requeue:
                 await self.resolve_expired()
-                next_requeue = now + max(self.config.lease_seconds / 4, 0.5)
+                # Often enough that a crashed coordinator's claims (its liveness lock gone with its
+                # connection) are taken over within about a second, not after the whole lease.
+                next_requeue = now + min(max(self.config.lease_seconds / 4, 0.2), 1.0)
             pause = last_batch + self.config.flush_interval - time.monotonic()
             if pause > 0:
                 await _sleep_or_stop(stop, pause)
@@ -118,7 +120,8 @@ class Coordinator:
         log.info("coordinator_stopped", extra={"owner": self.config.owner})
 
     async def resolve_expired(self) -> None:
-        """Lease recovery: expired claims go back to the pool; segments out of attempts become dead
+        """Lease recovery: abandoned claims (lease expired, or claimed under a liveness lock no
+        session holds any more: the claimant died) go back to the pool; segments out of attempts become dead
         letters and abandoned backfill reservations are failed — each tenant's in one commit
         that also advances its watermark, so a crash can never leave them resolved but the
         watermark stuck."""

@@ -26,6 +26,7 @@ CREATE TABLE ingest_segment (
                     CHECK (state IN ('accepted', 'claimed', 'committed', 'failed')),
     lease_owner     text,
     lease_until     timestamptz,
+    liveness_key    bigint,            -- the claimant's liveness lock (catalog/liveness.py), if it holds one
     claim_id        bigint,
     attempts        integer NOT NULL DEFAULT 0,
     failure_reason  text,
