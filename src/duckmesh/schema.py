@@ -15,7 +15,9 @@ string     string                        str
 binary     base64 string                 base64 string
 date       "YYYY-MM-DD"                  int days since 1970-01-01
 timestamp  RFC 3339 string (naive=UTC)   int microseconds since epoch (UTC);
-           up to 9 fractional digits     digits beyond the 6th are truncated
+           up to 9 fractional digits,    digits beyond the 6th are truncated
+           or epoch seconds (|n| < 1e11)
+           / milliseconds (otherwise)
 json       any JSON value                compact JSON text (sorted keys)
 =========  ============================  =====================================
 """
@@ -29,7 +31,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
-from decimal import Context, Decimal, InvalidOperation
+from decimal import ROUND_FLOOR, Context, Decimal, InvalidOperation
 from typing import Any, Literal
 
 import orjson
@@ -340,7 +342,31 @@ def timestamp_micros(moment: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
+# Numbers in a timestamp column are epoch time: seconds when their magnitude is below 10^11
+# (until the year 5138), milliseconds from there on (from 1973 on). Years 1-9999 only.
+EPOCH_MILLIS_FROM = 10**11
+MIN_MICROS = -62_135_596_800_000_000  # 0001-01-01T00:00:00Z
+MAX_MICROS = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
+
+
+def epoch_micros(value: int | float) -> int:
+    """Epoch seconds or milliseconds to microseconds; digits below a microsecond are dropped
+    (floored, like RFC 3339 digits beyond the sixth)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("epoch time must be finite")
+    number = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+    scale = 1_000_000 if abs(number) < EPOCH_MILLIS_FROM else 1000
+    micros = int((number * scale).to_integral_value(rounding=ROUND_FLOOR))
+    if not MIN_MICROS <= micros <= MAX_MICROS:
+        raise ValueError("epoch time outside the years 1-9999")
+    return micros
+
+
 def _check_timestamp(value: Any) -> Any:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return epoch_micros(value)
+    if not isinstance(value, str):
+        raise ValueError("expected an RFC 3339 timestamp string or epoch seconds / milliseconds")
     return timestamp_micros(parse_timestamp(value))
 
 

@@ -145,6 +145,9 @@ ACCEPTED: list[tuple[str, Any, Any]] = [
     ("timestamp", "2024-05-01T12:00:00", _micros(datetime(2024, 5, 1, 12, tzinfo=UTC))),
     ("timestamp", "2024-05-01T12:00:00.123456Z", _micros(datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC))),
     ("timestamp", "1970-01-01T00:00:00Z", 0),
+    ("timestamp", 1714564800, _micros(datetime(2024, 5, 1, 12, tzinfo=UTC))),  # epoch seconds
+    ("timestamp", 1714564800123, _micros(datetime(2024, 5, 1, 12, 0, 0, 123000, tzinfo=UTC))),  # milliseconds
+    ("timestamp", 1714564800.25, _micros(datetime(2024, 5, 1, 12, 0, 0, 250000, tzinfo=UTC))),  # fractions
     ("timestamp", "1969-12-31T23:59:59.999999Z", -1),
     # 7-9 fractional digits (Go RFC3339Nano, Java Instant, .NET "o") are truncated to microseconds
     ("timestamp", "2024-05-01T12:00:00.123456789Z", _micros(datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC))),
@@ -195,7 +198,8 @@ REJECTED: list[tuple[str, Any, str]] = [
     ("date", 19844, "expected a date"),
     ("timestamp", "2024-13-01T00:00:00Z", "invalid RFC 3339"),
     ("timestamp", "yesterday", "invalid RFC 3339"),
-    ("timestamp", 1714564800, "expected an RFC 3339"),
+    ("timestamp", True, "expected an RFC 3339"),
+    ("timestamp", 10**15, "years 1-9999"),
     ("timestamp", "2024-05-01T12:00:00.1234567891Z", "invalid RFC 3339"),
     ("timestamp", "2024-05-01T12:00:00.Z", "invalid RFC 3339"),
 ]

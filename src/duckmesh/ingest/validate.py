@@ -26,7 +26,17 @@ import pyarrow.compute as pc
 from duckmesh.columnar import canonical_table
 from duckmesh.domain import EVENT_TIME_COLUMN, KEY_COLUMN, OP_COLUMN, Op
 from duckmesh.errors import InvalidJson, OpNotSupported, PayloadTooLarge, RecordsRequired, ValidationFailed
-from duckmesh.schema import TIMESTAMP_SHAPE, Column, PayloadValidator, TableSchema, arrow_type, parse_timestamp
+from duckmesh.schema import (
+    EPOCH_MILLIS_FROM,
+    MAX_MICROS,
+    MIN_MICROS,
+    TIMESTAMP_SHAPE,
+    Column,
+    PayloadValidator,
+    TableSchema,
+    arrow_type,
+    parse_timestamp,
+)
 
 MAX_KEY_LENGTH = 512
 _INT_BOUNDS = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
@@ -65,8 +75,8 @@ def _field_type(column: Column) -> Any:
         low, high = _INT_BOUNDS[kind]
         return Annotated[int, msgspec.Meta(ge=low, le=high)]
     simple: dict[str, Any] = {"boolean": bool, "float32": float, "float64": float, "string": str,
-                              "binary": bytes, "date": datetime.date}
-    return simple.get(kind, str)  # decimals and timestamps: text, converted by Arrow
+                              "binary": bytes, "date": datetime.date, "timestamp": str | int}
+    return simple.get(kind, str)  # decimals: text, converted by Arrow (numbers: the slow path)
 
 
 class _Decoders:
@@ -176,7 +186,7 @@ class RecordValidator:
         if column.type == "json":
             array = pa.array([_canonical_json(v) for v in values], pa.string())
         elif column.type == "timestamp":
-            array = _timestamps(pa.array(values, pa.string()))
+            array = _instants(values)
         elif column.type.startswith("decimal"):
             array = pc.cast(pa.array(values, pa.string()), target)
         else:
@@ -291,6 +301,27 @@ def _timestamps(values: pa.Array) -> pa.Array:
         values = pc.utf8_upper(values)
         values = pc.replace_substring_regex(values, _NAIVE_END, r"\1Z")
     return pc.cast(values, _TIMESTAMP)
+
+
+def _instants(values: list[Any]) -> pa.Array:
+    """A timestamp column: all RFC 3339 text, or all epoch seconds / milliseconds as integers
+    (anything else — a mix, fractions — is for the slow path)."""
+    try:
+        return _timestamps(pa.array(values, pa.string()))
+    except pa.ArrowTypeError:
+        pass
+    try:
+        numbers = pa.array(values, pa.int64())
+    except (pa.ArrowTypeError, pa.ArrowInvalid, OverflowError):
+        raise _Unfit from None
+    seconds = pc.less(pc.abs_checked(numbers), EPOCH_MILLIS_FROM)
+    micros = pc.add_checked(pc.multiply_checked(pc.if_else(seconds, numbers, 0), 1_000_000),
+                            pc.multiply_checked(pc.if_else(seconds, 0, numbers), 1000))
+    if micros.null_count < len(micros) and (
+        pc.min(micros).as_py() < MIN_MICROS or pc.max(micros).as_py() > MAX_MICROS
+    ):
+        raise _Unfit  # outside the years 1-9999: the slow path says which record
+    return micros.cast(_TIMESTAMP)
 
 
 def _canonical_json(raw: msgspec.Raw) -> str | None:
