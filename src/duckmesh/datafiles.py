@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import io
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 import pyarrow as pa
@@ -53,12 +55,38 @@ class ParquetFile:
     min_event_time: datetime
     max_event_time: datetime
 
-    def new_file(self, table_id: TableId, schema_version: int, path: str) -> NewDataFile:
+    def new_file(
+        self, table_id: TableId, schema_version: int, path: str, partition: Mapping[str, Any] | None = None
+    ) -> NewDataFile:
         return NewDataFile(
             table_id=table_id, path=path, record_count=self.record_count, file_size_bytes=len(self.data),
             content_hash=self.content_hash, min_token=self.min_token, max_token=self.max_token,
             min_event_time=self.min_event_time, max_event_time=self.max_event_time, schema_version=schema_version,
+            stats={"partition": dict(partition)} if partition else {},
         )
+
+
+def split_by(table: pa.Table, columns: Sequence[str]) -> list[tuple[tuple[Any, ...], pa.Table]]:
+    """The rows grouped by the values of ``columns``: one table per distinct combination, rows in
+    their original order, groups ordered by their first row. Columnar (one group-by, one take per
+    group)."""
+    if not columns or table.num_rows == 0:
+        return [((), table)]
+    rows = pa.array(range(table.num_rows), pa.int64())
+    grouped = (table.select(list(columns)).append_column("__row", rows)
+               .group_by(list(columns), use_threads=False).aggregate([("__row", "list")]))
+    values = [grouped.column(name).to_pylist() for name in columns]
+    return [(tuple(v[i] for v in values), table.take(grouped.column("__row_list")[i].values))
+            for i in range(grouped.num_rows)]
+
+
+def partition_value(value: Any) -> Any:
+    """A partition value as the catalog stores it (JSON): dates as YYYY-MM-DD, decimals as text."""
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    return value
 
 
 def write_parquet(table: pa.Table) -> ParquetFile:

@@ -139,7 +139,12 @@ class TableSchema:
         """The next version from a whole new column list: a column that exists now keeps its field
         id, every other one gets a new id above ``last_field_id`` (the highest id the table ever
         used), so a re-added name never matches the old column's data."""
-        built = TableSchema.build(columns, self.primary_key, self.partition_by)
+        # Partitioning is checked when a table is created; a later version only has to keep the
+        # partition columns (tables from before the rules keep the partitioning they have).
+        built = TableSchema.build(columns, self.primary_key)
+        missing = [name for name in self.partition_by if name not in built.by_name]
+        if missing:
+            raise SchemaError("; ".join(f"partition column {name!r} cannot be dropped" for name in missing))
         next_id = max(last_field_id, *(c.field_id for c in self.columns))
         renumbered: list[Column] = []
         for column in built.columns:
@@ -147,7 +152,7 @@ class TableSchema:
             if kept is None:
                 next_id += 1
             renumbered.append(replace(column, field_id=kept.field_id if kept else next_id))
-        return TableSchema(tuple(renumbered), built.primary_key, built.partition_by)
+        return TableSchema(tuple(renumbered), built.primary_key, self.partition_by)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TableSchema:
@@ -195,8 +200,41 @@ def _key_problems(
             problems.append(f"primary key column {key!r} cannot be of a float or json type")
     if len(set(primary_key)) != len(primary_key):
         problems.append("primary key names a column twice")
-    problems += [f"partition column {key!r} is not a column" for key in partition_by if key not in names]
+    problems += _partition_problems(types, primary_key, partition_by)
     return problems
+
+
+PARTITION_TYPES = ("boolean", "int32", "int64", "string", "date")
+MAX_PARTITION_COLUMNS = 4
+
+
+def _partition_problems(types: Mapping[str, str], primary_key: Sequence[str], partition_by: Sequence[str]) -> list[str]:
+    """Files are written per distinct partition value and queries skip files by it: the columns must
+    have exact, low-cardinality types (a timestamp or float would make a file per row)."""
+    problems: list[str] = []
+    if len(set(partition_by)) != len(partition_by):
+        problems.append("partition_by names a column twice")
+    if len(partition_by) > MAX_PARTITION_COLUMNS:
+        problems.append(f"partition_by takes at most {MAX_PARTITION_COLUMNS} columns")
+    for key in partition_by:
+        kind = types.get(key)
+        if kind is None:
+            problems.append(f"partition column {key!r} is not a column")
+        elif kind not in PARTITION_TYPES and not kind.startswith("decimal"):
+            problems.append(f"partition column {key!r} is {kind}; partition by {', '.join(PARTITION_TYPES)}"
+                            " or decimal columns (for time, partition by a date column)")
+    return problems
+
+
+def partitions_prunable(schema: TableSchema) -> bool:
+    """Whether queries may skip files by partition value. In a keyed table only when every
+    partition column is a key column: then all versions of a key share one partition, and
+    skipping a partition can never uncover an older version of a key. (Tables created before the
+    rules above may be partitioned by anything: their files are split, never skipped.)"""
+    types = {c.name: c.type for c in schema.columns}
+    if not schema.partition_by or _partition_problems(types, schema.primary_key, schema.partition_by):
+        return False
+    return not schema.primary_key or set(schema.partition_by) <= set(schema.primary_key)
 
 
 def arrow_type(type_name: str) -> pa.DataType:

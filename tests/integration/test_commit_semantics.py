@@ -21,7 +21,7 @@ from duckmesh.catalog.notify import Listener
 from duckmesh.coordinator import worker
 from duckmesh.coordinator.worker import Coordinator, CoordinatorConfig
 from duckmesh.domain import TenantId
-from duckmesh.maintenance.compaction import CompactionPolicy, plan
+from duckmesh.maintenance.compaction import CompactionPlan, CompactionPolicy, plan
 from duckmesh.maintenance.retention import RetentionPolicy
 from duckmesh.storage.retry import RetryingObjectStore
 from tests.conftest import KeyMaker
@@ -102,7 +102,7 @@ async def test_a_tombstone_dropping_compaction_is_refused_at_commit_while_an_old
         live = await snapshots.current_files(conn, tenant_id, table.table_id)
         assert await maintenance.acquire_job(conn, tenant_id, table.table_id, "compaction", "run-1", 60)
     chosen = plan(table, live, EAGER)  # planned by the file set alone: it covers every live file
-    assert chosen is not None and chosen.drop_tombstones
+    assert isinstance(chosen, CompactionPlan) and chosen.drop_tombstones
     outputs = await compactor.write_outputs(tenant_id, 1, chosen, "run-1")
 
     assert await compactor.publish(tenant_id, chosen, outputs, "run-1") == "aborted"

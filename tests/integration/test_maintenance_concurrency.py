@@ -17,7 +17,7 @@ from duckmesh.catalog.db import CatalogPool
 from duckmesh.catalog.notify import Listener
 from duckmesh.coordinator.worker import Coordinator, CoordinatorConfig
 from duckmesh.domain import TableId, TenantId
-from duckmesh.maintenance.compaction import CompactionPolicy, Compactor, plan
+from duckmesh.maintenance.compaction import CompactionPlan, CompactionPolicy, Compactor, plan
 from duckmesh.maintenance.retention import RetentionPolicy
 from duckmesh.storage.retry import RetryingObjectStore
 from tests.conftest import KeyMaker
@@ -238,7 +238,7 @@ async def test_a_compactor_killed_before_publishing_leaves_only_orphans_that_gc_
         live = await snapshots.current_files(conn, tenant_id, t1.table_id)
         run_id = await maintenance.start_run(conn, "compaction", tenant_id, "doomed", table_id=t1.table_id)
     chosen = plan(t1, live, EAGER)
-    assert chosen is not None
+    assert isinstance(chosen, CompactionPlan)
 
     outputs = await compactor.write_outputs(tenant_id, run_id, chosen, "doomed-run")  # ... and the process dies here
 
@@ -282,7 +282,7 @@ async def test_a_compaction_that_lost_its_lease_to_another_run_aborts_and_delete
         t2 = await tables.get_table(conn, tenant_id, "t2")
         assert await maintenance.acquire_job(conn, tenant_id, t2.table_id, "compaction", "slow-run", 60)
         stale = plan(t2, await snapshots.current_files(conn, tenant_id, t2.table_id), EAGER)
-    assert stale is not None
+    assert isinstance(stale, CompactionPlan)
     stale_outputs = await slow.write_outputs(tenant_id, 999_001, stale, "slow-run")  # the slow merge finished...
     async with pool.connection() as conn:  # ... after its lease ran out,
         await conn.execute("UPDATE job_lease SET lease_until = clock_timestamp() - interval '1 second'"

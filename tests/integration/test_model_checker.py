@@ -34,7 +34,7 @@ from duckmesh.catalog.db import CatalogPool
 from duckmesh.coordinator import materialize, worker
 from duckmesh.coordinator.worker import Coordinator, CoordinatorConfig
 from duckmesh.domain import SnapshotKind, TenantId
-from duckmesh.maintenance.compaction import CompactionPolicy, plan
+from duckmesh.maintenance.compaction import CompactionPlan, CompactionPolicy, plan
 from duckmesh.maintenance.retention import RetentionPolicy
 from duckmesh.storage.retry import RetryingObjectStore
 from tests.conftest import KeyMaker
@@ -168,7 +168,7 @@ class Checker:
                 table = await tables.get_table(conn, self.tenant_id, "kv")
                 live = await snapshots.current_files(conn, self.tenant_id, table.table_id)
                 chosen = plan(table, live, compactor.policy)
-                if chosen is None or not await maintenance.acquire_job(
+                if not isinstance(chosen, CompactionPlan) or not await maintenance.acquire_job(
                         conn, self.tenant_id, table.table_id, "compaction", "crashed", 0.01):
                     return
             await compactor.write_outputs(self.tenant_id, 0, chosen, "crashed")

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -24,12 +24,14 @@ class DataFile:
     min_token: int | None
     max_token: int | None
     schema_version: int
+    partition: dict[str, Any] = field(default_factory=dict, compare=False)  # partition column -> its one value
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> DataFile:
         return cls(
             FileId(row["file_id"]), TableId(row["table_id"]), row["path"], row["record_count"],
             row["file_size_bytes"], row["content_hash"], row["min_token"], row["max_token"], row["schema_version"],
+            dict((row.get("stats_json") or {}).get("partition") or {}),
         )
 
 

@@ -1,4 +1,5 @@
-"""Claimed segments to data files: decode, group by table / schema version / day, build the file
+"""Claimed segments to data files: decode, group by table / schema version / day / partition
+values, build the file
 table and isolate records that cannot be materialized. Pure CPU, columnar (no per-record Python
 except on the rare path of a failure); run off the event loop."""
 
@@ -9,18 +10,20 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from duckmesh.bus.base import ClaimedSegment, DeadLetter
 from duckmesh.columnar import canonical_rows
-from duckmesh.datafiles import NewDataFile, ParquetFile, ingest_key, write_parquet
+from duckmesh.datafiles import NewDataFile, ParquetFile, ingest_key, partition_value, split_by, write_parquet
 from duckmesh.domain import EVENT_TIME_COLUMN, KEY_COLUMN, OP_COLUMN, TOKEN_COLUMN, VERSION_COLUMN, SegmentId, TableId
 from duckmesh.schema import TableSchema
 
 log = logging.getLogger(__name__)
 _TOKEN = "__token"  # a record's visibility token while it is being materialized (never in files)
+_DAY = "__day"  # the day of its event time (the date folder of its file)
 
 
 def build_table(records: pa.Table, schema: TableSchema) -> pa.Table:
@@ -60,7 +63,8 @@ class _Origin:
 def materialize(
     segments: Sequence[ClaimedSegment], schemas: dict[tuple[TableId, int], TableSchema], claim_id: int
 ) -> Materialized:
-    """One Parquet file per (table, schema version, day of event time), in token order."""
+    """One Parquet file per (table, schema version, day of event time, partition values), rows in
+    token order."""
     out = Materialized()
     parts: dict[tuple[TableId, int], list[tuple[ClaimedSegment, pa.Table]]] = defaultdict(list)
     for segment in segments:
@@ -74,17 +78,22 @@ def materialize(
             out.dead += dead_letters(combined, table_id, None, version, origin,
                                      "table or schema version no longer exists")
             continue
-        days = pc.cast(combined.column(EVENT_TIME_COLUMN), pa.date32())
-        for day in sorted(pc.unique(days).to_pylist()):
-            part = combined.filter(pc.equal(days, pa.scalar(day, pa.date32())))
+        combined = combined.append_column(_DAY, pc.cast(combined.column(EVENT_TIME_COLUMN), pa.date32()))
+        columns = list(schema.partition_by)
+        for values, part in sorted(split_by(combined, [_DAY, *columns]), key=_partition_order):
             good, dead = _isolating_poison(part, table_id, schema, version, origin)
             out.dead += dead
             if good is not None:
-                path = ingest_key(members[0][0].tenant_id, table_id, day or date(1970, 1, 1), claim_id, seq)
+                path = ingest_key(members[0][0].tenant_id, table_id, values[0] or date(1970, 1, 1), claim_id, seq)
                 seq += 1
-                out.files.append((good[1].new_file(table_id, version, path), good[1].data))
+                partition = {name: partition_value(v) for name, v in zip(columns, values[1:], strict=True)}
+                out.files.append((good[1].new_file(table_id, version, path, partition), good[1].data))
                 out.records += good[0]
     return out
+
+
+def _partition_order(group: tuple[tuple[Any, ...], pa.Table]) -> tuple[str, ...]:
+    return tuple("" if v is None else str(v) for v in group[0])
 
 
 def _isolating_poison(

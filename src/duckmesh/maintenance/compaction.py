@@ -11,12 +11,14 @@ process dies instead, the intents expire and GC removes the outputs later.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import shutil
 import tempfile
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +75,7 @@ class CompactionPlan:
     table: TableDef
     inputs: list[DataFile]
     drop_tombstones: bool
+    across_dates: bool = False  # the inputs span several date folders (too few files in each)
 
     @property
     def input_bytes(self) -> int:
@@ -82,31 +85,80 @@ class CompactionPlan:
     def max_token(self) -> int:
         return max(f.max_token or 0 for f in self.inputs)
 
+    @property
+    def date_folder(self) -> str:
+        """Where the outputs go: the inputs' date folder (the earliest one when they span several)."""
+        return min((partition_of(f.path) for f in self.inputs), default="")
 
-def plan(table: TableDef, live: list[DataFile], policy: CompactionPolicy) -> CompactionPlan | None:
-    """Choose inputs: small files of one schema version and one date partition, oldest tokens
-    first, up to the byte budget. Tombstones may be dropped only when the inputs are every
-    live file of the table (no older version anywhere that a dropped delete would uncover); the
-    run then also asks the catalog about unresolved events, dead letters and reservations."""
-    groups: dict[tuple[int, str], list[DataFile]] = defaultdict(list)
-    for data_file in live:
-        if data_file.file_size_bytes < policy.small_file_bytes:
-            groups[(data_file.schema_version, partition_of(data_file.path))].append(data_file)
+
+@dataclass(frozen=True)
+class NothingToDo:
+    """Why a table was not compacted (answered to the caller and logged)."""
+
+    reason: str
+    live_files: int
+    small_files: int
+
+
+def _fill(candidates: list[DataFile], budget: int) -> list[DataFile]:
+    """Oldest tokens first, up to the byte budget (at least one file)."""
+    chosen: list[DataFile] = []
+    for data_file in sorted(candidates, key=lambda f: f.min_token or 0):
+        if data_file.file_size_bytes > budget and chosen:
+            break
+        chosen.append(data_file)
+        budget -= data_file.file_size_bytes
+    return chosen
+
+
+def _largest(groups: Iterable[list[DataFile]], budget: int) -> list[DataFile]:
     best: list[DataFile] = []
-    for candidates in groups.values():
-        chosen: list[DataFile] = []
-        budget = policy.max_input_bytes
-        for data_file in sorted(candidates, key=lambda f: f.min_token or 0):
-            if data_file.file_size_bytes > budget and chosen:
-                break
-            chosen.append(data_file)
-            budget -= data_file.file_size_bytes
+    for candidates in groups:
+        chosen = _fill(candidates, budget)
         if len(chosen) > len(best):
             best = chosen
-    if len(best) < max(policy.min_input_files, 2):
-        return None
+    return best
+
+
+def plan(table: TableDef, live: list[DataFile], policy: CompactionPolicy) -> CompactionPlan | NothingToDo:
+    """Choose inputs: small files of one schema version and one set of partition values, oldest
+    tokens first, up to the byte budget — from one date folder when one has enough of them, else
+    across date folders (a backfilled month of one tiny file per day is merged too). Tombstones
+    may be dropped only when the inputs are every live file of the table (no older version
+    anywhere that a dropped delete would uncover); the run then also asks the catalog about
+    unresolved records, dead letters and reservations."""
+    minimum = max(policy.min_input_files, 2)
+    small = [f for f in live if f.file_size_bytes < policy.small_file_bytes]
+    same_layout: dict[tuple[int, str], list[DataFile]] = defaultdict(list)
+    same_day: dict[tuple[int, str, str], list[DataFile]] = defaultdict(list)
+    for data_file in small:
+        layout = (data_file.schema_version, json.dumps(data_file.partition, sort_keys=True))
+        same_layout[layout].append(data_file)
+        same_day[(*layout, partition_of(data_file.path))].append(data_file)
+    best = _largest(same_day.values(), policy.max_input_bytes)
+    across_dates = False
+    if len(best) < minimum:
+        best = _largest(same_layout.values(), policy.max_input_bytes)
+        across_dates = len({partition_of(f.path) for f in best}) > 1
+    if len(best) < minimum:
+        return NothingToDo(_why_not(live, small, same_layout, minimum, policy), len(live), len(small))
     covers_all = {f.file_id for f in best} == {f.file_id for f in live}
-    return CompactionPlan(table, best, drop_tombstones=covers_all and table.schema.keyed)
+    return CompactionPlan(table, best, drop_tombstones=covers_all and table.schema.keyed, across_dates=across_dates)
+
+
+def _why_not(live: list[DataFile], small: list[DataFile], same_layout: dict[tuple[int, str], list[DataFile]],
+             minimum: int, policy: CompactionPolicy) -> str:
+    if not live:
+        return "the table has no data files"
+    if not small:
+        return (f"all {len(live)} files are well-sized (at least {policy.small_file_bytes:,} bytes,"
+                " half the target file size)")
+    if len(small) < minimum:
+        return (f"{len(small)} small files, fewer than the minimum of {minimum} input files"
+                " (DUCKMESH_MAINTENANCE_COMPACTION_MIN_INPUT_FILES)")
+    largest = max(len(group) for group in same_layout.values())
+    return (f"{len(small)} small files, but at most {largest} share a schema version and partition values"
+            f" (minimum {minimum}); files of different schema versions or partitions are never merged")
 
 
 def _merge_sql(plan_: CompactionPlan, paths: list[str], out_dir: str, target_bytes: int) -> str:
@@ -182,29 +234,28 @@ class Compactor:
             async with self._pool.connection() as conn:
                 await maintenance.release_job(conn, tenant_id, table.table_id, JOB, run_owner)
 
-    async def plan_table(self, tenant_id: TenantId, table: TableDef) -> CompactionPlan | None:
+    async def plan_table(self, tenant_id: TenantId, table: TableDef) -> CompactionPlan | NothingToDo:
         async with self._pool.connection() as conn:
             live = await snapshots.current_files(conn, tenant_id, table.table_id)
             chosen = plan(table, live, self.policy)
-            if chosen is not None and chosen.drop_tombstones:
+            if isinstance(chosen, CompactionPlan) and chosen.drop_tombstones:
                 blocking = await older_versions_outside(
                     conn, tenant_id, table.table_id, [f.file_id for f in chosen.inputs], chosen.max_token
                 )
                 if blocking:  # keep the delete markers this time; the commit would refuse to drop them
-                    chosen = CompactionPlan(chosen.table, chosen.inputs, drop_tombstones=False)
+                    chosen = replace(chosen, drop_tombstones=False)
         return chosen
 
     async def _compact_locked(
         self, tenant_id: TenantId, table: TableDef, dry_run: bool, run_owner: str
     ) -> dict[str, Any]:
         chosen = await self.plan_table(tenant_id, table)
-        if chosen is None:
-            async with self._pool.connection() as conn:
-                live = await snapshots.current_files(conn, tenant_id, table.table_id)
-            return {"status": "nothing_to_do", "live_files": len(live)}
+        if isinstance(chosen, NothingToDo):
+            return {"status": "nothing_to_do", "reason": chosen.reason, "live_files": chosen.live_files,
+                    "small_files": chosen.small_files}
         summary: dict[str, Any] = {
             "input_files": len(chosen.inputs), "input_bytes": chosen.input_bytes,
-            "drop_tombstones": chosen.drop_tombstones,
+            "drop_tombstones": chosen.drop_tombstones, "across_dates": chosen.across_dates,
         }
         if dry_run:
             return {"status": "planned", **summary}
@@ -249,16 +300,16 @@ class Compactor:
                     in_place = str(target)
                 local.append(in_place)
             merged = await asyncio.to_thread(merge, chosen, local, work_dir, self.policy)
-            partition = partition_of(chosen.inputs[0].path)
             described = [d for path in merged if (d := await asyncio.to_thread(_describe_file, path)).record_count]
-            keys = [compaction_key(tenant_id, chosen.table.table_id, partition, run_id, seq)
+            keys = [compaction_key(tenant_id, chosen.table.table_id, chosen.date_folder, run_id, seq)
                     for seq in range(len(described))]
             await intents.record(self._pool, tenant_id, owner, keys, self.policy.lease_seconds)
             self._open_intents[owner] = self._open_intents.get(owner, 0) + len(keys)
             outputs = []
             for key, parquet in zip(keys, described, strict=True):
                 await asyncio.to_thread(self._store.put, key, parquet.data)
-                outputs.append(parquet.new_file(chosen.table.table_id, chosen.inputs[0].schema_version, key))
+                outputs.append(parquet.new_file(chosen.table.table_id, chosen.inputs[0].schema_version, key,
+                                                chosen.inputs[0].partition))
             return outputs
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)

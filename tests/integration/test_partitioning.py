@@ -1,0 +1,156 @@
+"""An honest physical layout: files are written per date and per value of the table's partition
+columns, compaction never mixes partitions, merges a table's small files across dates when no
+single date has enough of them, and says why when it does nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from duckmesh.catalog import snapshots, tables
+from duckmesh.catalog.db import CatalogPool
+from duckmesh.domain import TenantId
+from duckmesh.maintenance.compaction import CompactionPolicy, Compactor
+from duckmesh.storage.retry import RetryingObjectStore
+from tests.conftest import QueryCtx
+from tests.helpers import create_table
+from tests.helpers import query_ok as query
+
+SALES = [{"name": "id", "type": "int64", "nullable": False}, {"name": "country", "type": "string"},
+         {"name": "amount", "type": "int64"}, {"name": "day", "type": "date"}]
+
+
+async def _live(pool: CatalogPool, tenant_id: int, name: str) -> list[snapshots.DataFile]:
+    async with pool.connection() as conn:
+        table = await tables.get_table(conn, TenantId(tenant_id), name)
+        return await snapshots.current_files(conn, TenantId(tenant_id), table.table_id)
+
+
+async def _tenant(pool: CatalogPool) -> int:
+    async with pool.connection() as conn:
+        row = await (await conn.execute("SELECT tenant_id FROM table_def LIMIT 1")).fetchone()
+    assert row is not None
+    return int(row["tenant_id"])
+
+
+async def _ingest(client: httpx.AsyncClient, headers: dict[str, str], table: str, rows: list[dict[str, Any]],
+                  event_time: str | None = None, prefix: str = "k") -> int:
+    body = {"records": [{"idempotency_key": f"{prefix}-{i}", "payload": row,
+                         **({"event_time": event_time} if event_time else {})} for i, row in enumerate(rows)]}
+    response = await client.post(f"/v1/ingest/{table}", headers=headers, json=body)
+    assert response.status_code == 200, response.text
+    return int(response.json()["max_visibility_token"])
+
+
+async def test_files_are_split_by_partition_values_and_compaction_keeps_them_apart(
+    ctx: QueryCtx, pool: CatalogPool, store: RetryingObjectStore,
+) -> None:
+    client, headers, coordinator = ctx
+    created = await create_table(client, headers, "sales", columns=SALES)
+    assert created["partition_by"] == []
+    response = await client.post("/v1/tables", headers=headers, json={
+        "table_name": "by_country", "columns": SALES, "partition_by": ["country"]})
+    assert response.status_code == 201, response.text
+    token = 0
+    for round_ in range(3):
+        rows = [{"id": round_ * 100 + i, "country": ["de", "fr", None][i % 3], "amount": i} for i in range(30)]
+        token = await _ingest(client, headers, "by_country", rows, prefix=f"r{round_}")
+        await coordinator.run_once()
+    tenant = await _tenant(pool)
+    files = await _live(pool, tenant, "by_country")
+    assert sorted(str(f.partition) for f in files) == sorted(
+        [str({"country": c}) for c in ("de", "fr", None)] * 3), "one file per partition value per batch"
+    before = await query(client, headers, "SELECT country, count(*), sum(amount) FROM by_country"
+                         " GROUP BY ALL ORDER BY ALL", min_visibility_token=token)
+
+    result = await Compactor(pool, store, CompactionPolicy(min_input_files=2), "test").compact_table(
+        TenantId(tenant), await _table(pool, tenant, "by_country"))
+    assert result["status"] == "completed" and result["input_files"] == 3, result
+    files = await _live(pool, tenant, "by_country")
+    merged = [f for f in files if "part-c" in f.path]
+    assert len(merged) == 1 and len(files) == 7, "three files of one country became one; the others stay"
+    assert all(f.partition == merged[0].partition for f in merged)
+    after = await query(client, headers, "SELECT country, count(*), sum(amount) FROM by_country"
+                        " GROUP BY ALL ORDER BY ALL", min_visibility_token=token)
+    assert after["rows"] == before["rows"]
+
+
+async def _table(pool: CatalogPool, tenant: int, name: str) -> tables.TableDef:
+    async with pool.connection() as conn:
+        return await tables.get_table(conn, TenantId(tenant), name)
+
+
+async def test_a_month_of_one_small_file_per_day_is_merged_across_dates(
+    ctx: QueryCtx, pool: CatalogPool, store: RetryingObjectStore,
+) -> None:
+    client, headers, coordinator = ctx
+    await create_table(client, headers, "sales", columns=SALES)
+    token = 0
+    for day in range(1, 29):
+        rows = [{"id": day * 10 + i, "country": "de", "amount": i} for i in range(3)]
+        token = await _ingest(client, headers, "sales", rows, event_time=f"2026-02-{day:02d}T12:00:00Z",
+                              prefix=f"d{day}")
+    await coordinator.run_once()  # one claim, 28 dates: 28 files
+    tenant = await _tenant(pool)
+    assert len(await _live(pool, tenant, "sales")) == 28
+    before = await query(client, headers, "SELECT count(*), sum(amount), min(id), max(id) FROM sales",
+                         min_visibility_token=token)
+
+    compactor = Compactor(pool, store, CompactionPolicy(min_input_files=8), "test")
+    result = await compactor.compact_table(TenantId(tenant), await _table(pool, tenant, "sales"))
+    assert result["status"] == "completed" and result["across_dates"] and result["input_files"] == 28, result
+    files = await _live(pool, tenant, "sales")
+    assert len(files) == 1 and "/date=2026-02-01/" in files[0].path, "placed under the earliest date"
+    after = await query(client, headers, "SELECT count(*), sum(amount), min(id), max(id) FROM sales",
+                        min_visibility_token=token)
+    assert after["rows"] == before["rows"]
+
+    again = await compactor.compact_table(TenantId(tenant), await _table(pool, tenant, "sales"))
+    assert again["status"] == "nothing_to_do"
+    assert "1 small files, fewer than the minimum of 8" in again["reason"], again
+
+
+async def test_compaction_says_why_it_did_nothing(ctx: QueryCtx, pool: CatalogPool, store: RetryingObjectStore) -> None:
+    client, headers, coordinator = ctx
+    await create_table(client, headers, "sales", columns=SALES)
+    compactor = Compactor(pool, store, CompactionPolicy(min_input_files=3), "test")
+    tenant = await _tenant(pool)
+    empty = await compactor.compact_table(TenantId(tenant), await _table(pool, tenant, "sales"))
+    assert empty["reason"] == "the table has no data files"
+    for round_ in range(2):
+        await _ingest(client, headers, "sales", [{"id": round_, "amount": 1}], prefix=f"r{round_}")
+        await coordinator.run_once()
+    few = await compactor.compact_table(TenantId(tenant), await _table(pool, tenant, "sales"))
+    assert few["status"] == "nothing_to_do" and few["small_files"] == 2 and "minimum of 3" in few["reason"], few
+    well_sized = Compactor(pool, store, CompactionPolicy(min_input_files=2, target_file_bytes=2), "test")
+    big = await well_sized.compact_table(TenantId(tenant), await _table(pool, tenant, "sales"))
+    assert "well-sized" in big["reason"], big
+    over_api = await client.post("/v1/compaction/run", headers=headers, json={"table": "sales"})
+    assert "reason" in over_api.json()["summary"]["tables"]["sales"], over_api.text
+
+
+async def test_partition_columns_are_checked_when_a_table_is_created(ctx: QueryCtx) -> None:
+    client, headers, _ = ctx
+
+    async def create(**definition: Any) -> httpx.Response:
+        return await client.post("/v1/tables", headers=headers, json={"table_name": "t", **definition})
+
+    float_column = await create(columns=[{"name": "x", "type": "float64"}], partition_by=["x"])
+    assert float_column.status_code == 400 and "partition by" in float_column.json()["message"]
+    timestamp = await create(columns=[{"name": "at", "type": "timestamp"}], partition_by=["at"])
+    assert timestamp.status_code == 400 and "date column" in timestamp.json()["message"]
+    twice = await create(columns=SALES, partition_by=["country", "country"])
+    assert twice.status_code == 400
+    keyed = await create(columns=SALES, primary_key=["country", "id"], partition_by=["country"])
+    assert keyed.status_code == 201, keyed.text
+    dropped = await client.patch("/v1/tables/t", headers=headers, json={
+        "columns": [c for c in SALES if c["name"] != "amount"], "compatibility_mode": "none"})
+    assert dropped.status_code == 200, dropped.text
+    unkeyed = await client.post("/v1/tables", headers=headers, json={
+        "table_name": "u", "columns": SALES, "partition_by": ["country"]})
+    assert unkeyed.status_code == 201, unkeyed.text
+    drop_partition = await client.patch("/v1/tables/u", headers=headers, json={
+        "columns": [c for c in SALES if c["name"] != "country"], "compatibility_mode": "none"})
+    assert drop_partition.status_code in (400, 409), drop_partition.text
+    assert "partition column 'country' cannot be dropped" in drop_partition.json()["message"]
