@@ -100,6 +100,13 @@ class CatalogUnavailable(DuckMeshError):
     error_code, http_status, retryable = "CATALOG_UNAVAILABLE", 503, True
 
 
+class ReadOnly(DuckMeshError):
+    """The tenant, or the whole service, is in emergency read-only mode: writes are refused while
+    queries are served. Retrying later helps once an operator switches it off (``Retry-After``)."""
+
+    error_code, http_status, retryable = "READ_ONLY", 503, True
+
+
 class StorageError(DuckMeshError):
     """An object-store operation failed and retrying will not help (e.g. access denied)."""
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from duckmesh.catalog import audit, migrate, tenants
+from duckmesh.catalog import audit, migrate, read_only, tenants
 from duckmesh.catalog.db import AsyncConn, CatalogPool
 from duckmesh.cli.runtime import (
     bad_file_lines,
@@ -33,6 +33,12 @@ key_app = typer.Typer(help="API keys.", no_args_is_help=True)
 compaction_app = typer.Typer(help="Compaction of one tenant.", no_args_is_help=True)
 retention_app = typer.Typer(help="Retention and garbage collection.", no_args_is_help=True)
 integrity_app = typer.Typer(help="Integrity validation.", no_args_is_help=True)
+read_only_app = typer.Typer(
+    help="Emergency read-only mode: ingest, backfills, table changes and replays answer 503 READ_ONLY while"
+         " queries are served. --global (every tenant) is set only here; a tenant's ops_admin can also switch"
+         " its own tenant over HTTP (PUT /v1/read-only).",
+    no_args_is_help=True,
+)
 
 TenantOpt = Annotated[str, typer.Option(help="tenant name")]
 
@@ -114,6 +120,48 @@ def integrity_run(
                 typer.echo(line, err=True)
             raise
     typer.echo(json.dumps(summary, default=str))
+
+
+GlobalOpt = Annotated[bool, typer.Option("--global", help="every tenant (the operator's switch)")]
+ScopeTenantOpt = Annotated[str | None, typer.Option("--tenant", help="tenant name")]
+
+
+async def _scope(conn: AsyncConn, tenant: str | None, every: bool) -> TenantId | None:
+    if (tenant is None) == (not every):
+        raise fail("error: give either --tenant NAME or --global", code=2)
+    return None if every else (await tenants.get_tenant(conn, tenant or "")).tenant_id
+
+
+@read_only_app.command("on")
+def read_only_on(
+    reason: Annotated[str, typer.Option("--reason", help="why (shown to refused writers and in the audit)")],
+    tenant: ScopeTenantOpt = None, every: GlobalOpt = False,
+) -> None:
+    """Switch read-only mode on for one tenant or globally (JSON); API processes apply it at once."""
+
+    async def switch(conn: AsyncConn) -> read_only.Switch:
+        return await read_only.switch_on(conn, await _scope(conn, tenant, every), reason, read_only.Actor())
+
+    typer.echo(json.dumps(_run_catalog(switch).to_json()))
+
+
+@read_only_app.command("off")
+def read_only_off(tenant: ScopeTenantOpt = None, every: GlobalOpt = False) -> None:
+    """Switch read-only mode off for one tenant or globally (JSON: the switch that was on, or null)."""
+
+    async def switch(conn: AsyncConn) -> read_only.Switch | None:
+        return await read_only.switch_off(conn, await _scope(conn, tenant, every), read_only.Actor())
+
+    ended = _run_catalog(switch)
+    typer.echo(json.dumps(ended.to_json() if ended else None))
+
+
+@read_only_app.command("status")
+def read_only_status() -> None:
+    """Every switch that is on, one JSON object per line (nothing: the service is read-write)."""
+    state = _run_catalog(read_only.load)
+    for switch in ([state.global_switch] if state.global_switch else []) + list(state.tenants.values()):
+        typer.echo(json.dumps(switch.to_json()))
 
 
 @migrate_app.command("up")
@@ -216,5 +264,6 @@ def key_list(tenant: TenantOpt) -> None:
 
 def register(app: typer.Typer, panel: str) -> None:
     for sub, name in ((migrate_app, "migrate"), (tenant_app, "tenant"), (key_app, "key"),
-                      (compaction_app, "compaction"), (retention_app, "retention"), (integrity_app, "integrity")):
+                      (compaction_app, "compaction"), (retention_app, "retention"), (integrity_app, "integrity"),
+                      (read_only_app, "read-only")):
         app.add_typer(sub, name=name, rich_help_panel=panel)
