@@ -186,6 +186,13 @@ class IntegrityCheckFailed(DuckMeshError):
     error_code, http_status = "INTEGRITY_CHECK_FAILED", 409
 
 
+class BackupFailed(DuckMeshError):
+    """A backup, restore or restore drill could not be made (a tool failed, a file is missing or
+    altered, the target is not empty...); the message says what."""
+
+    error_code = "BACKUP_FAILED"
+
+
 class SchemaIncompatible(DuckMeshError):
     error_code, http_status = "SCHEMA_INCOMPATIBLE", 409
 
