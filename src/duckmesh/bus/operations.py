@@ -117,6 +117,38 @@ async def freshness(pool: CatalogPool, tenant_id: TenantId) -> Freshness:
                      row["head_snapshot_id"], row["created_at"])
 
 
+async def ingest_leases(pool: CatalogPool, tenant_id: TenantId | None = None) -> list[dict[str, Any]]:
+    """Who holds claimed events: per owner and tenant, how many, the earliest lease end and whether
+    every lease of the group has expired (a coordinator that stopped renewing)."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT lease_owner AS owner, tenant_id, count(*) AS events, min(lease_until) AS lease_until,"
+            " bool_and(lease_until < clock_timestamp()) AS expired, max(attempts) AS max_attempts"
+            " FROM ingest_event WHERE state = 'claimed' AND (%(t)s::bigint IS NULL OR tenant_id = %(t)s)"
+            " GROUP BY lease_owner, tenant_id ORDER BY min(lease_until), lease_owner",
+            {"t": tenant_id},
+        )
+        return list(await cur.fetchall())
+
+
+async def expire_ingest_leases(pool: CatalogPool, owner: str) -> int:
+    """End ``owner``'s ingest leases now: the next lease recovery of any coordinator returns the
+    events to the pool (an attempt is counted). Safe against an owner that is still alive: every
+    publication re-checks its lease with the database clock, so its commit fails (LeaseLost)."""
+    async with pool.transaction() as tx:
+        cur = await tx.execute(
+            "UPDATE ingest_event SET lease_until = clock_timestamp() - interval '1 millisecond'"
+            " WHERE state = 'claimed' AND lease_owner = %s AND lease_until >= clock_timestamp()",
+            (owner,),
+        )
+        await tx.execute(
+            "UPDATE ingest_claim_batch SET lease_until = clock_timestamp() - interval '1 millisecond'"
+            " WHERE owner = %s AND state = 'active' AND lease_until >= clock_timestamp()",
+            (owner,),
+        )
+        return cur.rowcount
+
+
 @dataclass(frozen=True)
 class BusCleanup:
     committed_events: int

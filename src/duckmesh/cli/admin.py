@@ -12,7 +12,8 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from duckmesh import __version__
-from duckmesh.catalog import audit, migrate, read_only, tenants
+from duckmesh.bus import operations
+from duckmesh.catalog import audit, maintenance, migrate, read_only, tenants
 from duckmesh.catalog.db import AsyncConn, CatalogPool
 from duckmesh.cli.runtime import (
     bad_file_lines,
@@ -36,6 +37,9 @@ key_app = typer.Typer(help="API keys.", no_args_is_help=True)
 compaction_app = typer.Typer(help="Compaction of one tenant.", no_args_is_help=True)
 retention_app = typer.Typer(help="Retention and garbage collection.", no_args_is_help=True)
 integrity_app = typer.Typer(help="Integrity validation.", no_args_is_help=True)
+leases_app = typer.Typer(
+    help="Leases held by workers: coordinators' ingest claims, compactors' job leases.", invoke_without_command=True,
+)
 read_only_app = typer.Typer(
     help="Emergency read-only mode: ingest, backfills, table changes and replays answer 503 READ_ONLY while"
          " queries are served. --global (every tenant) is set only here; a tenant's ops_admin can also switch"
@@ -123,6 +127,47 @@ def integrity_run(
                 typer.echo(line, err=True)
             raise
     typer.echo(json.dumps(summary, default=str))
+
+
+def _lease_line(kind: str, row: dict[str, Any]) -> str:
+    return json.dumps({"kind": kind, **row}, default=str)
+
+
+@leases_app.callback()
+def leases_list(
+    ctx: typer.Context, tenant: Annotated[str | None, typer.Option(help="only this tenant")] = None,
+) -> None:
+    """List every lease (one JSON object per line): owner, tenant, what it holds, until when, expired."""
+    if ctx.invoked_subcommand is not None:
+        return
+
+    async def listing(pool: CatalogPool, _: MaintenanceService) -> dict[str, Any]:
+        tenant_id = await _tenant_id(pool, tenant) if tenant else None
+        async with pool.connection() as conn:
+            jobs = await maintenance.job_leases(conn, tenant_id)
+        return {"ingest": await operations.ingest_leases(pool, tenant_id), "jobs": jobs}
+
+    found = _run_maintenance(listing)
+    for row in found["ingest"]:
+        typer.echo(_lease_line("ingest", row))
+    for row in found["jobs"]:
+        typer.echo(_lease_line(row.pop("job"), row))
+
+
+@leases_app.command("expire")
+def leases_expire(owner: Annotated[str, typer.Option("--owner", help="the lease owner (from `duckmesh leases`)")]
+                  ) -> None:
+    """End every lease of OWNER now (a hung worker): its events and jobs go to the others (audited)."""
+
+    async def expire(pool: CatalogPool, _: MaintenanceService) -> dict[str, Any]:
+        events = await operations.expire_ingest_leases(pool, owner)
+        async with pool.connection() as conn:
+            jobs = await maintenance.expire_job_leases(conn, owner)
+            await audit.record(conn, None, "leases.expire", "lease_owner", owner, {"events": events, "jobs": jobs},
+                               actor="cli")
+        return {"owner": owner, "events": events, "jobs": jobs}
+
+    typer.echo(json.dumps(_run_maintenance(expire)))
 
 
 GlobalOpt = Annotated[bool, typer.Option("--global", help="every tenant (the operator's switch)")]
@@ -223,6 +268,8 @@ def restore_drill_command(
 def restore_command(
     directory: Annotated[Path, typer.Argument(help="a backup directory (check it first: duckmesh restore-drill)")],
     target_dsn: Annotated[str, typer.Option("--target-dsn", help="an EMPTY database to restore the catalog into")],
+    create: Annotated[bool, typer.Option("--create", help="create the target database first (connecting to the"
+                                                          " server's `postgres` database)")] = False,
 ) -> None:
     """Restore a backup's catalog into an empty database.
 
@@ -230,6 +277,8 @@ def restore_command(
     load_settings("cli")
     with cli_errors():
         manifest = backup.load_manifest(directory)
+        if create:
+            backup.create_database(target_dsn)
         backup.restore_catalog(directory, target_dsn, manifest)
     typer.echo(json.dumps({"restored": str(directory), "method": manifest["catalog"]["method"],
                            "snapshot_at": manifest["catalog"]["snapshot_at"],
@@ -337,7 +386,7 @@ def key_list(tenant: TenantOpt) -> None:
 def register(app: typer.Typer, panel: str) -> None:
     for sub, name in ((migrate_app, "migrate"), (tenant_app, "tenant"), (key_app, "key"),
                       (compaction_app, "compaction"), (retention_app, "retention"), (integrity_app, "integrity"),
-                      (read_only_app, "read-only")):
+                      (leases_app, "leases"), (read_only_app, "read-only")):
         app.add_typer(sub, name=name, rich_help_panel=panel)
     for command, name in ((backup_command, "backup"), (restore_drill_command, "restore-drill"),
                           (restore_command, "restore")):

@@ -292,6 +292,17 @@ def _admin(dsn: str, statement: sql.Composed) -> None:
         conn.execute(statement)
 
 
+def create_database(dsn: str) -> None:
+    """Create the database ``dsn`` names, through the same server's ``postgres`` database."""
+    name = str(psycopg.conninfo.conninfo_to_dict(dsn).get("dbname") or "")
+    if not name:
+        raise BackupFailed("the target DSN names no database")
+    try:
+        _admin(_with_db(dsn, "postgres"), sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    except psycopg.Error as exc:
+        raise BackupFailed(f"cannot create database {name!r}: {str(exc).strip().splitlines()[0]}") from None
+
+
 def _compare_counts(expected: dict[str, int], found: dict[str, int]) -> tuple[bool, Any]:
     differing = {name: {"backup": expected.get(name), "restored": found.get(name)}
                  for name in sorted(set(expected) | set(found)) if expected.get(name) != found.get(name)}
