@@ -305,7 +305,7 @@ def lag(
         if as_json:
             _print_json(current)
             return
-        if once:
+        if once or wait:
             out.print(_lag_table(current, None))
             return
         with Live(_lag_table(current, None), console=out, refresh_per_second=4) as live:
