@@ -209,8 +209,8 @@ async def test_a_compaction_killed_mid_run_changes_nothing_visible_and_its_orpha
 ) -> None:
     objects = tmp_path / "objects"
     # Short leases and safety age so the test can watch the intent expire and GC collect the orphan.
-    quick = {"maintenance_compaction_min_input_files": "2", "maintenance_job_lease_seconds": "1",
-             "coordinator_lease_seconds": "1", "backfill_lease_seconds": "1", "maintenance_gc_safety_age": "4",
+    quick = {"maintenance_compaction_min_input_files": "2", "maintenance_job_lease_seconds": "0.5",
+             "coordinator_lease_seconds": "0.5", "backfill_lease_seconds": "0.5", "maintenance_gc_safety_age": "2",
              "maintenance_keep_snapshots": "100", "maintenance_snapshot_min_age": "3600"}
     api = spawn.start("api", settings=external_settings(dsn, objects), name="api")
     spawn.start("coordinator", settings=external_settings(dsn, objects), name="coordinator")
@@ -236,7 +236,7 @@ async def test_a_compaction_killed_mid_run_changes_nothing_visible_and_its_orpha
 
         assert await _head(http, headers) == head, "an interrupted compaction publishes nothing"
         assert (await http.post("/v1/query", headers=headers, json=query)).json()["rows"] == expected
-        await asyncio.sleep(5)  # past the dead run's intent (1 s lease) and the GC safety age (4 s)
+        await asyncio.sleep(2.5)  # past the dead run's intent (0.5 s lease) and the GC safety age (2 s)
         retention = spawn.run("retention", "run", "--tenant", "acme", settings=settings)
         assert retention.returncode == 0, retention.stderr
         summary = json.loads(retention.stdout)

@@ -56,11 +56,11 @@ async def test_ingest_cached_queries_compaction_gc_integrity_and_backup_all_work
         "DUCKMESH_COORDINATOR_LEASE_SECONDS": "0.25", "DUCKMESH_MAINTENANCE_JOB_LEASE_SECONDS": "0.25",
         "DUCKMESH_BACKFILL_LEASE_SECONDS": "0.25",
     }
-    workers = {**settings, "DUCKMESH_COORDINATOR_LEASE_SECONDS": "5", "DUCKMESH_MAINTENANCE_GC_SAFETY_AGE": "60",
-               "DUCKMESH_MAINTENANCE_JOB_LEASE_SECONDS": "15", "DUCKMESH_BACKFILL_LEASE_SECONDS": "15"}
-    api = spawn.start("api", settings={**workers, "DUCKMESH_HTTP_ADDR": f"{LOOPBACK}:{free_port()}"}, name="api")
-    spawn.start("coordinator", settings={**workers, "DUCKMESH_HTTP_ADDR": f"{LOOPBACK}:{free_port()}"},
-                name="coordinator")
+    # The API runs maintenance on demand with those settings; the coordinator keeps its usual lease.
+    api = spawn.start("api", settings={**settings, "DUCKMESH_HTTP_ADDR": f"{LOOPBACK}:{free_port()}"}, name="api")
+    spawn.start("coordinator", name="coordinator", settings={
+        **settings, "DUCKMESH_HTTP_ADDR": f"{LOOPBACK}:{free_port()}", "DUCKMESH_COORDINATOR_LEASE_SECONDS": "5",
+        "DUCKMESH_MAINTENANCE_GC_SAFETY_AGE": "60"})
     headers = await make_key("acme")
     query = {"sql": "SELECT count(*), count(DISTINCT id), sum(length(name)) FROM events"}
 
@@ -94,16 +94,16 @@ async def test_ingest_cached_queries_compaction_gc_integrity_and_backup_all_work
         assert rows == expected
         assert misses_again - misses >= 2, "evicted files are downloaded again"
 
-        compacted = spawn.run("compaction", "run", "--tenant", "acme", settings=settings)
-        assert compacted.returncode == 0, compacted.stderr
-        assert json.loads(compacted.stdout)["tables"]["events"]["status"] == "completed", compacted.stdout
+        compacted = await http.post("/v1/compaction/run", headers=headers, json={})
+        assert compacted.status_code == 200, compacted.text
+        assert compacted.json()["summary"]["tables"]["events"]["status"] == "completed", compacted.text
         assert (await run_query())[0] == expected
 
         await asyncio.sleep(1.5)  # past the safety age
-        retention = spawn.run("retention", "run", "--tenant", "acme", settings=settings)
-        assert retention.returncode == 0, retention.stderr
+        retention = await http.post("/v1/retention/run", headers=headers, json={})
+        assert retention.status_code == 200, retention.text
         remaining = _bucket_keys(moto_server, bucket)
-        assert len(remaining) == 1 and not remaining & small_files, f"GC left {remaining}: {retention.stdout}"
+        assert len(remaining) == 1 and not remaining & small_files, f"GC left {remaining}: {retention.text}"
         assert (await run_query())[0] == expected
 
     integrity = spawn.run("integrity", "run", "--tenant", "acme", "--deep", settings=settings)
