@@ -323,3 +323,8 @@ async def test_the_embedded_postgres_of_up_restarted_under_load_loses_nothing_an
         pg_ctl(pgdata, "-w", "-m", "fast", "restart")  # same options (its socket) as pgserver started it with
 
     await _restart_under_load(up.base_url, headers, restart, up)
+    # The zero-config deployment backs up and drills too: the CLI attaches to the same embedded server.
+    made = spawn.run("backup", "--output", str(embedded_home / "backup"), cwd=embedded_home)
+    assert made.returncode == 0, made.stderr
+    drill = spawn.run("restore-drill", str(embedded_home / "backup"), "--json", cwd=embedded_home)
+    assert drill.returncode == 0 and json.loads(drill.stdout)["passed"] is True, drill.stdout + drill.stderr

@@ -175,6 +175,10 @@ def test_every_runbook_is_linked_from_the_operations_guide_names_endpoints_and_h
         assert f"runbooks/{page}" in operations, f"{page} is not linked from docs/operations.md"
         assert re.search(r"`(GET|POST|PUT|DELETE) /v1/", text), f"{page} names no endpoint"
         assert steps(page), f"{page} has no runnable step"
+    rules = (ROOT / "deploy" / "prometheus" / "rules.yml").read_text()
+    linked = re.findall(r"runbook: (docs/[^\s#]+)", rules)
+    assert "docs/runbooks/ingest-lag.md" in linked
+    assert [path for path in linked if not (ROOT / path).is_file()] == [], "an alert links a missing runbook"
 
 
 async def test_ingest_lag_runbook_finds_the_backlog_starts_a_coordinator_and_sees_it_drained(
