@@ -185,6 +185,22 @@ async def test_the_cache_answers_from_memory_until_its_ttl_when_no_notification_
         await cache.check_writable(tenant)
 
 
+async def test_while_the_catalog_cannot_be_read_the_cache_keeps_the_last_known_switches(dsn: str) -> None:
+    now = [1000.0]
+    async with CatalogPool(dsn, max_size=1) as pool:
+        cache = ReadOnlyCache(pool, ttl=5.0, clock=lambda: now[0])
+        async with pool.connection() as conn:
+            tenant = TenantId((await (await conn.execute(
+                "INSERT INTO tenant (name) VALUES ('t') RETURNING tenant_id")).fetchone() or {})["tenant_id"])
+            await read_only.switch_on(conn, tenant, "before the outage", Actor())
+        with pytest.raises(ReadOnly):
+            await cache.check_writable(tenant)
+    now[0] += 10  # stale, and the pool is closed: the reload fails
+    with pytest.raises(ReadOnly):
+        await cache.check_writable(tenant)
+    assert cache._fresh(), "the failed reload is not retried by every request in turn"
+
+
 async def test_unauthenticated_and_unauthorized_callers_learn_nothing_about_read_only_mode(
     client: httpx.AsyncClient, make_key: KeyMaker
 ) -> None:

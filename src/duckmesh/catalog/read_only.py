@@ -32,6 +32,7 @@ from duckmesh.observability import metrics
 log = logging.getLogger(__name__)
 
 DEFAULT_TTL_SECONDS = 5.0
+RELOAD_RETRY_SECONDS = 1.0  # after a failed reload, the last known state is used this long
 # What a refused writer is told to wait before trying again (read-only mode lasts minutes, not ms).
 RETRY_AFTER_SECONDS = 10
 
@@ -174,6 +175,9 @@ class ReadOnlyCache:
             if self._state is None:
                 raise
             log.warning("read_only_reload_failed", exc_info=True)
+            # Keep the last known state for another second: requests queued behind this reload
+            # use it instead of each waiting for an unreachable catalog in turn.
+            self._loaded_at = started - max(self._ttl - RELOAD_RETRY_SECONDS, 0.0)
             return
         self._state, self._loaded_at = state, started
         self._export(state)
