@@ -20,8 +20,9 @@ from duckmesh.catalog import pgtools
 from duckmesh.catalog.db import CatalogPool
 from duckmesh.coordinator.worker import Coordinator, CoordinatorConfig
 from duckmesh.errors import BackupFailed
-from duckmesh.maintenance import backup
-from duckmesh.maintenance.backup import DrillReport, Method
+from duckmesh.maintenance import backup, drill
+from duckmesh.maintenance.backup import Method
+from duckmesh.maintenance.drill import DrillReport
 from duckmesh.storage.retry import RetryingObjectStore
 from tests.conftest import KeyMaker
 from tests.helpers import create_table, records
@@ -59,7 +60,7 @@ async def _backup(dsn: str, store: RetryingObjectStore, target: Path, method: Me
 
 
 async def _drill(directory: Path, dsn: str, store: RetryingObjectStore, **options: Any) -> DrillReport:
-    return await asyncio.to_thread(backup.restore_drill, directory, dsn, store, **options)
+    return await asyncio.to_thread(drill.restore_drill, directory, dsn, store, **options)
 
 
 def _failed(report: DrillReport) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from duckmesh.cli.runtime import (
 )
 from duckmesh.domain import Role, TenantId
 from duckmesh.errors import IntegrityCheckFailed
-from duckmesh.maintenance import backup
+from duckmesh.maintenance import backup, drill
 from duckmesh.maintenance.service import MaintenanceService
 from duckmesh.storage.factory import open_object_store
 
@@ -250,7 +250,7 @@ def restore_drill_command(
     the manifest against the restored catalog, integrity against the object store, object hashes."""
     settings = load_settings("cli")
     with cli_errors():
-        report = backup.restore_drill(directory, scratch_dsn or catalog_dsn(settings), open_object_store(settings),
+        report = drill.restore_drill(directory, scratch_dsn or catalog_dsn(settings), open_object_store(settings),
                                       deep=deep, keep=keep)
     if as_json:
         typer.echo(json.dumps(report.to_json(), default=str))
