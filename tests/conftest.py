@@ -203,6 +203,72 @@ def make_key(pool: CatalogPool) -> KeyMaker:
     return make
 
 
+REGION = "us-east-1"
+DUMMY_SECRET = "testing"
+
+
+class MotoServer:
+    """moto's S3 on 127.0.0.1; ``stop`` and ``start`` again on the same port keep the buckets (moto's
+    state lives in this process), which is how a test takes the endpoint down and back up."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._server: Any = None
+
+    def start(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server.start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    def bucket(self, prefix: str = "dm") -> str:
+        """A new, empty bucket."""
+        import boto3
+
+        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        boto3.client("s3", endpoint_url=self.endpoint, region_name=REGION, aws_access_key_id=DUMMY_SECRET,
+                     aws_secret_access_key=DUMMY_SECRET).create_bucket(Bucket=name)
+        return name
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    """An S3 endpoint (moto server) on 127.0.0.1 for the whole test session."""
+    server = MotoServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint(moto_server: MotoServer) -> str:
+    return moto_server.endpoint
+
+
+@pytest.fixture
+def isolated_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Dummy credentials and no shared config, so a developer's AWS setup never leaks in."""
+    for name in [n for n in os.environ if n.startswith(("AWS_", "BOTO_"))]:
+        monkeypatch.delenv(name)
+    missing = str(tmp_path / "no-aws-config")
+    monkeypatch.setenv("AWS_CONFIG_FILE", missing)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", missing)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", DUMMY_SECRET)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", DUMMY_SECRET)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

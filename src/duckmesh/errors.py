@@ -107,6 +107,13 @@ class CatalogUnavailable(DuckMeshError):
     error_code, http_status, retryable = "CATALOG_UNAVAILABLE", 503, True
 
 
+class ReadOnly(DuckMeshError):
+    """The tenant, or the whole service, is in emergency read-only mode: writes are refused while
+    queries are served. Retrying later helps once an operator switches it off (``Retry-After``)."""
+
+    error_code, http_status, retryable = "READ_ONLY", 503, True
+
+
 class StorageError(DuckMeshError):
     """An object-store operation failed and retrying will not help (e.g. access denied)."""
 
@@ -184,6 +191,13 @@ class QueryResourceLimit(DuckMeshError):
 
 class IntegrityCheckFailed(DuckMeshError):
     error_code, http_status = "INTEGRITY_CHECK_FAILED", 409
+
+
+class BackupFailed(DuckMeshError):
+    """A backup, restore or restore drill could not be made (a tool failed, a file is missing or
+    altered, the target is not empty...); the message says what."""
+
+    error_code = "BACKUP_FAILED"
 
 
 class SchemaIncompatible(DuckMeshError):

@@ -25,6 +25,7 @@ from typing import IO
 import httpx
 import pytest
 
+from tests.acceptance.faults import ThrowawayPostgres, new_throwaway_postgres
 from tests.conftest import free_port
 
 READY_TIMEOUT = 30.0
@@ -299,6 +300,16 @@ def embedded_home(spawn: Spawner) -> Path:
 
     spawn.after_close(cleanup)
     return home
+
+
+@pytest.fixture
+def throwaway_postgres(spawn: Spawner) -> Iterator[ThrowawayPostgres]:
+    """A PostgreSQL server of this test's own (its own directory and TCP port), which the test may
+    stop and start; removed after every process the test started has stopped."""
+    server = new_throwaway_postgres()
+    spawn.after_close(server.remove)
+    yield server
+    spawn.close()
 
 
 KEY_PATTERN = re.compile(r"\bdm_[0-9a-f]{16}_[A-Za-z0-9_-]{20,}\b")

@@ -9,7 +9,7 @@ CONTRACT_TABLES = {
     "tenant", "tenant_counter", "tenant_head", "api_key", "table_def", "table_schema_version", "ingest_segment",
     "ingest_key", "ingest_request", "ingest_dead_letter", "write_intent", "ingest_claim_batch", "snapshot", "snapshot_table_watermark", "data_file", "snapshot_file", "file_live_range",
     "snapshot_pin", "snapshot_lease", "job_lease", "compaction_run", "gc_run", "integrity_run", "query_audit",
-    "admin_audit", "token_reservation",
+    "admin_audit", "token_reservation", "read_only_switch",
 }
 
 

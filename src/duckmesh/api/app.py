@@ -19,6 +19,7 @@ from duckmesh.api.routers import (
     ops,
     probes,
     query,
+    read_only,
     snapshots,
     tables,
 )
@@ -33,7 +34,7 @@ def create_app(ctx: AppContext | OpsContext) -> FastAPI:
     docs.install(app)
     if isinstance(ctx, AppContext):
         console.install(app)
-    data_routers = (ingest, query, assist, tables, backfill, snapshots, maintenance, dead_letters, ops)
+    data_routers = (ingest, query, assist, tables, backfill, snapshots, maintenance, dead_letters, ops, read_only)
     for module in (*data_routers, probes) if isinstance(ctx, AppContext) else (probes,):
         app.include_router(module.router)
     app.add_middleware(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from duckmesh.bus.base import IngestBus
 from duckmesh.catalog.db import CatalogPool
+from duckmesh.catalog.read_only import ReadOnlyCache
 from duckmesh.config import Settings
 from duckmesh.ingest.backfill import BackfillService
 from duckmesh.ingest.service import IngestService
@@ -23,6 +25,11 @@ class OpsContext:
     pool: CatalogPool
     store: ObjectStore
 
+    @cached_property
+    def read_only(self) -> ReadOnlyCache:
+        """The read-only switches as this process sees them (reported by /v1/ready)."""
+        return ReadOnlyCache(self.pool)
+
 
 @dataclass
 class AppContext:
@@ -37,3 +44,8 @@ class AppContext:
     maintenance: MaintenanceService
     backfill: BackfillService
     assist: QueryAssistant | None = None  # None: query assist is off (POST /v1/query/translate answers 501)
+
+    @cached_property
+    def read_only(self) -> ReadOnlyCache:
+        """The read-only switches as this process sees them: every write checks them (ADR 0012)."""
+        return ReadOnlyCache(self.pool)

@@ -64,7 +64,7 @@ def install(app: FastAPI) -> None:
         if exc.http_status >= 500:
             log.warning("request_failed", extra={"error_code": exc.error_code})
         headers = None
-        if exc.http_status == 429:  # every shed request says when to come back
+        if exc.http_status == 429 or "retry_after_s" in exc.context:  # shed or read-only: when to come back
             headers = {"Retry-After": str(max(1, round(float(exc.context.get("retry_after_s", 1)))))}
         return error_response(
             exc.http_status, exc.error_code, exc.message, retryable=exc.retryable, context=exc.context,

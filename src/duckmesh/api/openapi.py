@@ -207,10 +207,33 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("get", "/v1/lag"): Operation(
         "Ingest lag and freshness (ops_admin)",
         "Pending, claimed and failed events, the oldest pending age, issued vs visible tokens and the latest"
-        " snapshot of the caller's tenant.", None,
-        {"tenant_id": 1, "pending_events": 0, "claimed_events": 0, "failed_events": 0, "oldest_pending_age_ms": 0,
-         "latest_issued_token": 1234, "latest_visibility_token": 1234, "token_lag": 0, "latest_snapshot_id": 88,
-         "latest_snapshot_time": "2026-01-01T10:00:01.204+00:00", "tables": {}},
+        " snapshot of the caller's tenant; `tables` gives the same counts per live table with the table's"
+        " watermark in the head snapshot and its newest waiting token.", None,
+        {"tenant_id": 1, "pending_events": 120, "claimed_events": 500, "failed_events": 0,
+         "oldest_pending_age_ms": 840, "latest_issued_token": 1854, "latest_visibility_token": 1234,
+         "token_lag": 620, "latest_snapshot_id": 88, "latest_snapshot_time": "2026-01-01T10:00:01.204+00:00",
+         "tables": {"events": {"table_id": 3, "table_name": "events", "pending_events": 120, "claimed_events": 500,
+                               "failed_events": 0, "oldest_pending_age_ms": 840, "latest_pending_token": 1854,
+                               "watermark": 1234}}},
+    ),
+    ("get", "/v1/read-only"): Operation(
+        "Read-only mode of the tenant (ops_admin)",
+        "Whether the caller's tenant may write now, and the switch that stops it: its own (`tenant`) or the"
+        " operator's global one (`global`, set only with the CLI: `duckmesh read-only on --global`).", None,
+        {"tenant_id": 1, "read_only": True, "global": None,
+         "tenant": {"scope": "tenant", "tenant_id": 1, "reason": "restoring a backup", "set_by": "k_123",
+                    "since": "2026-01-01T10:00:00+00:00"}},
+    ),
+    ("put", "/v1/read-only"): Operation(
+        "Switch the tenant's read-only mode (ops_admin)",
+        "`enabled: true` (with a `reason`) refuses the tenant's ingest, backfills, table changes and replays with"
+        " 503 `READ_ONLY` (retryable, `Retry-After`) while queries are served and accepted events still become"
+        " visible; `enabled: false` ends it. Audited; every API process applies it at once (NOTIFY), at the"
+        " latest after 5 s.",
+        {"enabled": True, "reason": "restoring a backup"},
+        {"tenant_id": 1, "read_only": True, "global": None,
+         "tenant": {"scope": "tenant", "tenant_id": 1, "reason": "restoring a backup", "set_by": "k_123",
+                    "since": "2026-01-01T10:00:00+00:00"}},
     ),
     ("get", "/v1/audit"): Operation(
         "Audit trail (ops_admin)", "Admin and security-relevant actions of the tenant, newest first.", None,
@@ -220,8 +243,10 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("get", "/v1/health"): Operation("Liveness", "The process is alive (no key needed).", None, {"status": "ok"}),
     ("get", "/v1/ready"): Operation(
         "Readiness", "Catalog reachable, migrations current, object store writable; otherwise 503 `NOT_READY`"
-        " naming the failed check (no key needed).", None,
-        {"status": "ready", "checks": {"catalog": "ok", "migrations": "ok", "object_store": "ok"}},
+        " naming the failed check (no key needed). Read-only mode is still ready: `mode` is `read_only` while the"
+        " global switch is on, and `read_only.tenants` counts the tenants switched on.", None,
+        {"status": "ready", "checks": {"catalog": "ok", "migrations": "ok", "object_store": "ok"},
+         "mode": "read_write", "read_only": {"global": False, "tenants": 0}},
     ),
     ("get", "/v1/metrics"): Operation("Prometheus metrics", "Text exposition format (no key needed).", None,
                                       "duckmesh_http_requests_total{method=\"GET\",route=\"/v1/health\"} 1.0\n"),

@@ -1,14 +1,15 @@
-"""PostgreSQL-bus operations beyond the IngestBus port: per-tenant lag for the sampler and bus
-cleanup for retention."""
+"""PostgreSQL-bus operations beyond the IngestBus port: lag per tenant and per table (``/v1/lag``
+and the sampler's gauges), the leases workers hold, and bus cleanup for retention."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from duckmesh.catalog.db import CatalogPool
-from duckmesh.domain import TenantId
+from duckmesh.domain import SnapshotId, TableId, TenantId, VisibilityToken
+from duckmesh.errors import TenantNotFound
 
 
 async def lag_by_tenant(pool: CatalogPool) -> list[dict[str, Any]]:
@@ -24,6 +25,129 @@ async def lag_by_tenant(pool: CatalogPool) -> list[dict[str, Any]]:
             " ) p USING (tenant_id)"
         )
         return list(await cur.fetchall())
+
+
+@dataclass(frozen=True)
+class TableLag:
+    """One live table's share of the tenant's lag. ``watermark`` is the table's watermark in the
+    head snapshot; ``latest_pending_token`` the newest token still waiting (None: nothing waits)."""
+
+    table_id: TableId
+    table_name: str
+    pending_events: int
+    claimed_events: int
+    failed_events: int
+    oldest_pending_age_ms: int | None
+    latest_pending_token: VisibilityToken | None
+    watermark: VisibilityToken
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def lag_by_table(pool: CatalogPool, tenant_id: TenantId) -> list[TableLag]:
+    """Per live table of the tenant: unresolved events by state, their oldest age, dead letters not
+    replayed, and the table's watermark. Reads the unresolved and dead-letter partial indexes only."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT t.table_id, t.table_name, coalesce(e.pending, 0) AS pending_events,"
+            " coalesce(e.claimed, 0) AS claimed_events, coalesce(f.failed, 0) AS failed_events,"
+            " (extract(epoch FROM now() - e.oldest) * 1000)::bigint AS oldest_pending_age_ms,"
+            " e.newest AS latest_pending_token, coalesce(w.max_visibility_token, 0) AS watermark"
+            " FROM table_def t"
+            " LEFT JOIN (SELECT table_id, sum(record_count) FILTER (WHERE state = 'accepted') AS pending,"
+            "     sum(record_count) FILTER (WHERE state = 'claimed') AS claimed, min(ingested_at) AS oldest,"
+            "     max(max_token) AS newest"
+            "   FROM ingest_segment WHERE tenant_id = %(t)s AND state IN ('accepted', 'claimed') GROUP BY table_id"
+            " ) e USING (table_id)"
+            " LEFT JOIN (SELECT table_id, count(*) AS failed FROM ingest_dead_letter"
+            "   WHERE tenant_id = %(t)s AND replayed_at IS NULL GROUP BY table_id"
+            " ) f USING (table_id)"
+            " LEFT JOIN tenant_head h ON h.tenant_id = t.tenant_id"
+            " LEFT JOIN snapshot_table_watermark w ON w.snapshot_id = h.head_snapshot_id AND w.table_id = t.table_id"
+            " WHERE t.tenant_id = %(t)s AND t.dropped_at IS NULL ORDER BY t.table_name",
+            {"t": tenant_id},
+        )
+        return [TableLag(TableId(r["table_id"]), r["table_name"], r["pending_events"], r["claimed_events"],
+                         r["failed_events"], r["oldest_pending_age_ms"], r["latest_pending_token"],
+                         VisibilityToken(r["watermark"])) for r in await cur.fetchall()]
+
+
+async def table_lag_all(pool: CatalogPool, limit: int) -> list[dict[str, Any]]:
+    """For the sampler, every tenant's live tables (at most ``limit`` rows, in a stable order):
+    {tenant_id, table_name, pending_events (accepted or claimed), oldest_pending_age_s, watermark}."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT t.tenant_id, t.table_name, coalesce(e.unresolved, 0) AS pending_events,"
+            " e.oldest AS oldest_pending_age_s, coalesce(w.max_visibility_token, 0) AS watermark"
+            " FROM table_def t"
+            " LEFT JOIN (SELECT tenant_id, table_id, sum(record_count) AS unresolved,"
+            "     extract(epoch FROM now() - min(ingested_at))::float AS oldest"
+            "   FROM ingest_segment WHERE state IN ('accepted', 'claimed') GROUP BY tenant_id, table_id"
+            " ) e USING (tenant_id, table_id)"
+            " LEFT JOIN tenant_head h ON h.tenant_id = t.tenant_id"
+            " LEFT JOIN snapshot_table_watermark w ON w.snapshot_id = h.head_snapshot_id AND w.table_id = t.table_id"
+            " WHERE t.dropped_at IS NULL ORDER BY t.tenant_id, t.table_id LIMIT %s",
+            (limit,),
+        )
+        return list(await cur.fetchall())
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """The tenant's issued tokens against its head snapshot."""
+
+    latest_issued_token: VisibilityToken
+    latest_visibility_token: VisibilityToken
+    latest_snapshot_id: SnapshotId | None
+    latest_snapshot_time: datetime | None
+
+
+async def freshness(pool: CatalogPool, tenant_id: TenantId) -> Freshness:
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT c.next_visibility_token - 1 AS issued, h.max_visibility_token, h.head_snapshot_id, s.created_at"
+            " FROM tenant_counter c JOIN tenant_head h USING (tenant_id)"
+            " LEFT JOIN snapshot s ON s.snapshot_id = h.head_snapshot_id WHERE c.tenant_id = %s",
+            (tenant_id,),
+        )
+        row = await cur.fetchone()
+    if row is None:
+        raise TenantNotFound("tenant does not exist", tenant_id=tenant_id)
+    return Freshness(VisibilityToken(row["issued"]), VisibilityToken(row["max_visibility_token"]),
+                     row["head_snapshot_id"], row["created_at"])
+
+
+async def ingest_leases(pool: CatalogPool, tenant_id: TenantId | None = None) -> list[dict[str, Any]]:
+    """Who holds claimed records: per owner and tenant, how many, the earliest lease end and whether
+    every lease of the group has expired (a coordinator that stopped renewing)."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT lease_owner AS owner, tenant_id, sum(record_count) AS events, min(lease_until) AS lease_until,"
+            " bool_and(lease_until < clock_timestamp()) AS expired, max(attempts) AS max_attempts"
+            " FROM ingest_segment WHERE state = 'claimed' AND (%(t)s::bigint IS NULL OR tenant_id = %(t)s)"
+            " GROUP BY lease_owner, tenant_id ORDER BY min(lease_until), lease_owner",
+            {"t": tenant_id},
+        )
+        return list(await cur.fetchall())
+
+
+async def expire_ingest_leases(pool: CatalogPool, owner: str) -> int:
+    """End ``owner``'s ingest leases now: the next lease recovery of any coordinator returns the
+    events to the pool (an attempt is counted). Safe against an owner that is still alive: every
+    publication re-checks its lease with the database clock, so its commit fails (LeaseLost)."""
+    async with pool.transaction() as tx:
+        cur = await tx.execute(
+            "UPDATE ingest_segment SET lease_until = clock_timestamp() - interval '1 millisecond'"
+            " WHERE state = 'claimed' AND lease_owner = %s AND lease_until >= clock_timestamp()",
+            (owner,),
+        )
+        await tx.execute(
+            "UPDATE ingest_claim_batch SET lease_until = clock_timestamp() - interval '1 millisecond'"
+            " WHERE owner = %s AND state = 'active' AND lease_until >= clock_timestamp()",
+            (owner,),
+        )
+        return cur.rowcount
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,27 @@ async def release_job(conn: AsyncConn, tenant_id: TenantId, table_id: int, job: 
     )
 
 
+async def job_leases(conn: AsyncConn, tenant_id: TenantId | None = None) -> list[dict[str, Any]]:
+    """Maintenance job leases (compaction per table, retention per tenant) and whether each expired."""
+    cur = await conn.execute(
+        "SELECT owner, job, tenant_id, table_id, lease_until, lease_until < clock_timestamp() AS expired"
+        " FROM job_lease WHERE %(t)s::bigint IS NULL OR tenant_id = %(t)s ORDER BY lease_until, owner",
+        {"t": tenant_id},
+    )
+    return list(await cur.fetchall())
+
+
+async def expire_job_leases(conn: AsyncConn, owner: str) -> int:
+    """End ``owner``'s job leases now; a runner still alive loses its commit (its lease is re-checked
+    in the publishing transaction) and another runner may take the job."""
+    cur = await conn.execute(
+        "UPDATE job_lease SET lease_until = clock_timestamp() - interval '1 millisecond'"
+        " WHERE owner = %s AND lease_until >= clock_timestamp()",
+        (owner,),
+    )
+    return cur.rowcount
+
+
 async def start_run(
     conn: AsyncConn, kind: str, tenant_id: TenantId, created_by: str, *, table_id: int | None = None,
     dry_run: bool = False, deep: bool = False,

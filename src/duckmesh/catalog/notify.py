@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 INGEST_CHANNEL = "duckmesh_ingest"
 SNAPSHOT_CHANNEL = "duckmesh_snapshot"
+READ_ONLY_CHANNEL = "duckmesh_read_only"
 
 
 class Listener:

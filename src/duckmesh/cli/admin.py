@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 
-from duckmesh.catalog import audit, migrate, tenants
+from duckmesh import __version__
+from duckmesh.bus import operations
+from duckmesh.catalog import audit, maintenance, migrate, read_only, tenants
 from duckmesh.catalog.db import AsyncConn, CatalogPool
 from duckmesh.cli.runtime import (
     bad_file_lines,
@@ -22,6 +25,7 @@ from duckmesh.cli.runtime import (
 )
 from duckmesh.domain import Role, TenantId
 from duckmesh.errors import IntegrityCheckFailed
+from duckmesh.maintenance import backup, drill
 from duckmesh.maintenance.service import MaintenanceService
 from duckmesh.storage.factory import open_object_store
 
@@ -33,6 +37,15 @@ key_app = typer.Typer(help="API keys.", no_args_is_help=True)
 compaction_app = typer.Typer(help="Compaction of one tenant.", no_args_is_help=True)
 retention_app = typer.Typer(help="Retention and garbage collection.", no_args_is_help=True)
 integrity_app = typer.Typer(help="Integrity validation.", no_args_is_help=True)
+leases_app = typer.Typer(
+    help="Leases held by workers: coordinators' ingest claims, compactors' job leases.", invoke_without_command=True,
+)
+read_only_app = typer.Typer(
+    help="Emergency read-only mode: ingest, backfills, table changes and replays answer 503 READ_ONLY while"
+         " queries are served. --global (every tenant) is set only here; a tenant's ops_admin can also switch"
+         " its own tenant over HTTP (PUT /v1/read-only).",
+    no_args_is_help=True,
+)
 
 TenantOpt = Annotated[str, typer.Option(help="tenant name")]
 
@@ -114,6 +127,162 @@ def integrity_run(
                 typer.echo(line, err=True)
             raise
     typer.echo(json.dumps(summary, default=str))
+
+
+def _lease_line(kind: str, row: dict[str, Any]) -> str:
+    return json.dumps({"kind": kind, **row}, default=str)
+
+
+@leases_app.callback()
+def leases_list(
+    ctx: typer.Context, tenant: Annotated[str | None, typer.Option(help="only this tenant")] = None,
+) -> None:
+    """List every lease (one JSON object per line): owner, tenant, what it holds, until when, expired."""
+    if ctx.invoked_subcommand is not None:
+        return
+
+    async def listing(pool: CatalogPool, _: MaintenanceService) -> dict[str, Any]:
+        tenant_id = await _tenant_id(pool, tenant) if tenant else None
+        async with pool.connection() as conn:
+            jobs = await maintenance.job_leases(conn, tenant_id)
+        return {"ingest": await operations.ingest_leases(pool, tenant_id), "jobs": jobs}
+
+    found = _run_maintenance(listing)
+    for row in found["ingest"]:
+        typer.echo(_lease_line("ingest", row))
+    for row in found["jobs"]:
+        typer.echo(_lease_line(row.pop("job"), row))
+
+
+@leases_app.command("expire")
+def leases_expire(owner: Annotated[str, typer.Option("--owner", help="the lease owner (from `duckmesh leases`)")]
+                  ) -> None:
+    """End every lease of OWNER now (a hung worker): its events and jobs go to the others (audited)."""
+
+    async def expire(pool: CatalogPool, _: MaintenanceService) -> dict[str, Any]:
+        events = await operations.expire_ingest_leases(pool, owner)
+        async with pool.connection() as conn:
+            jobs = await maintenance.expire_job_leases(conn, owner)
+            await audit.record(conn, None, "leases.expire", "lease_owner", owner, {"events": events, "jobs": jobs},
+                               actor="cli")
+        return {"owner": owner, "events": events, "jobs": jobs}
+
+    typer.echo(json.dumps(_run_maintenance(expire)))
+
+
+GlobalOpt = Annotated[bool, typer.Option("--global", help="every tenant (the operator's switch)")]
+ScopeTenantOpt = Annotated[str | None, typer.Option("--tenant", help="tenant name")]
+
+
+async def _scope(conn: AsyncConn, tenant: str | None, every: bool) -> TenantId | None:
+    if (tenant is None) == (not every):
+        raise fail("error: give either --tenant NAME or --global", code=2)
+    return None if every else (await tenants.get_tenant(conn, tenant or "")).tenant_id
+
+
+@read_only_app.command("on")
+def read_only_on(
+    reason: Annotated[str, typer.Option("--reason", help="why (shown to refused writers and in the audit)")],
+    tenant: ScopeTenantOpt = None, every: GlobalOpt = False,
+) -> None:
+    """Switch read-only mode on for one tenant or globally (JSON); API processes apply it at once."""
+
+    async def switch(conn: AsyncConn) -> read_only.Switch:
+        return await read_only.switch_on(conn, await _scope(conn, tenant, every), reason, read_only.Actor())
+
+    typer.echo(json.dumps(_run_catalog(switch).to_json()))
+
+
+@read_only_app.command("off")
+def read_only_off(tenant: ScopeTenantOpt = None, every: GlobalOpt = False) -> None:
+    """Switch read-only mode off for one tenant or globally (JSON: the switch that was on, or null)."""
+
+    async def switch(conn: AsyncConn) -> read_only.Switch | None:
+        return await read_only.switch_off(conn, await _scope(conn, tenant, every), read_only.Actor())
+
+    ended = _run_catalog(switch)
+    typer.echo(json.dumps(ended.to_json() if ended else None))
+
+
+@read_only_app.command("status")
+def read_only_status() -> None:
+    """Every switch that is on, one JSON object per line (nothing: the service is read-write)."""
+    state = _run_catalog(read_only.load)
+    for switch in ([state.global_switch] if state.global_switch else []) + list(state.tenants.values()):
+        typer.echo(json.dumps(switch.to_json()))
+
+
+def backup_command(
+    output: Annotated[Path, typer.Option("--output", "-o", help="a new (or empty) directory for the backup")],
+    method: Annotated[backup.Method, typer.Option("--method", help="auto: pg_dump when a suitable one exists"
+                                                  " (on PATH or bundled with pgserver), else the logical export")]
+    = backup.Method.AUTO,
+) -> None:
+    """Back up the catalog with a manifest of every retained data file (exit 1: a file is bad).
+
+    The catalog is read at one instant (pg_dump, else a logical export); each file's size and SHA-256
+    are read back from the object store. Missing or altered files are listed on stderr."""
+    settings = load_settings("cli")
+    with cli_errors():
+        manifest = backup.create_backup(catalog_dsn(settings), open_object_store(settings), output, method,
+                                        __version__)
+    for problem in manifest["problems"]:
+        typer.echo(f"bad file {problem['path']} (file {problem['file_id']}): {problem['problem']}", err=True)
+    typer.echo(json.dumps({"backup": str(output), "method": manifest["catalog"]["method"],
+                           "tool": manifest["catalog"]["tool"], "problems": len(manifest["problems"]),
+                           **manifest["totals"]}))
+    if manifest["problems"]:
+        raise typer.Exit(1)
+
+
+def restore_drill_command(
+    directory: Annotated[Path, typer.Argument(help="a backup directory (duckmesh backup --output)")],
+    scratch_dsn: Annotated[str | None, typer.Option("--scratch-dsn", help="a server where the drill may create"
+                                                    " and drop its scratch database [default: the catalog's]")]
+    = None,
+    deep: Annotated[bool, typer.Option("--deep", help="integrity also re-reads content and row counts")] = False,
+    keep: Annotated[bool, typer.Option("--keep", help="keep the scratch database (its DSN is printed)")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Restore a backup into a scratch database and check it (exit 1 unless every check passes).
+
+    Checks: the backup's files, the restore, schema version, row counts, relational consistency,
+    the manifest against the restored catalog, integrity against the object store, object hashes."""
+    settings = load_settings("cli")
+    with cli_errors():
+        report = drill.restore_drill(directory, scratch_dsn or catalog_dsn(settings), open_object_store(settings),
+                                      deep=deep, keep=keep)
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), default=str))
+    else:
+        for check in report.checks:
+            mark = "PASS" if check.passed else "FAIL"
+            typer.echo(f"{mark}  {check.name} ({check.seconds:.2f} s): {json.dumps(check.detail, default=str)}")
+        if report.kept and report.scratch_database:
+            typer.echo(f"scratch database kept: {report.scratch_database}")
+        typer.echo(f"restore drill {'passed' if report.passed else 'FAILED'} in {report.seconds:.1f} s")
+    if not report.passed:
+        raise typer.Exit(1)
+
+
+def restore_command(
+    directory: Annotated[Path, typer.Argument(help="a backup directory (check it first: duckmesh restore-drill)")],
+    target_dsn: Annotated[str, typer.Option("--target-dsn", help="an EMPTY database to restore the catalog into")],
+    create: Annotated[bool, typer.Option("--create", help="create the target database first (connecting to the"
+                                                          " server's `postgres` database)")] = False,
+) -> None:
+    """Restore a backup's catalog into an empty database.
+
+    Then point DUCKMESH_CATALOG_DSN at it and start the processes (docs/runbooks/restore.md)."""
+    load_settings("cli")
+    with cli_errors():
+        manifest = backup.load_manifest(directory)
+        if create:
+            backup.create_database(target_dsn)
+        backup.restore_catalog(directory, target_dsn, manifest)
+    typer.echo(json.dumps({"restored": str(directory), "method": manifest["catalog"]["method"],
+                           "snapshot_at": manifest["catalog"]["snapshot_at"],
+                           "rows": sum(manifest["catalog"]["row_counts"].values())}))
 
 
 @migrate_app.command("up")
@@ -216,5 +385,9 @@ def key_list(tenant: TenantOpt) -> None:
 
 def register(app: typer.Typer, panel: str) -> None:
     for sub, name in ((migrate_app, "migrate"), (tenant_app, "tenant"), (key_app, "key"),
-                      (compaction_app, "compaction"), (retention_app, "retention"), (integrity_app, "integrity")):
+                      (compaction_app, "compaction"), (retention_app, "retention"), (integrity_app, "integrity"),
+                      (leases_app, "leases"), (read_only_app, "read-only")):
         app.add_typer(sub, name=name, rich_help_panel=panel)
+    for command, name in ((backup_command, "backup"), (restore_drill_command, "restore-drill"),
+                          (restore_command, "restore")):
+        app.command(name, rich_help_panel=panel)(command)

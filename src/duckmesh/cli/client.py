@@ -18,8 +18,9 @@ from rich.live import Live
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
-from duckmesh.cli.runtime import bad_file_lines, cli_errors
+from duckmesh.cli.runtime import bad_file_lines, cli_errors, fail
 from duckmesh.client import Client
+from duckmesh.client.calls import RetryPolicy
 from duckmesh.client.config import config_path, load_config, save_profile
 from duckmesh.client.files import FORMATS, FileFormat
 from duckmesh.errors import ClientConfigError, RemoteError
@@ -265,21 +266,46 @@ def _lag_table(current: dict[str, Any], rate: float | None) -> Table:
         rows.append(("ingest rate", f"{rate:,.0f} events/s"))
     for name, value in rows:
         table.add_row(name, value)
+    for name, t in sorted((current.get("tables") or {}).items()):
+        age = t.get("oldest_pending_age_ms")
+        table.add_row(f"table {name}", f"{t.get('pending_events', 0):,} pending,"
+                      f" {t.get('claimed_events', 0):,} claimed, {t.get('failed_events', 0):,} failed,"
+                      f" oldest {(age or 0) / 1000:.1f} s, watermark {t.get('watermark')}")
     return table
+
+
+def _caught_up(current: dict[str, Any]) -> bool:
+    return not (current.get("pending_events") or current.get("claimed_events") or current.get("token_lag"))
+
+
+def _wait_caught_up(client: Client, timeout: float, interval: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    current = client.lag()
+    while not _caught_up(current):
+        if time.monotonic() >= deadline:
+            _print_json(current)
+            raise fail(f"error: still behind after {timeout:g} s: {current.get('pending_events')} pending,"
+                       f" {current.get('claimed_events')} claimed, token lag {current.get('token_lag')}")
+        time.sleep(min(interval, 1.0))
+        current = client.lag()
+    return current
 
 
 def lag(
     once: Annotated[bool, typer.Option("--once", help="print once and exit (for scripts)")] = False,
     interval: Annotated[float, typer.Option("--interval", min=0.2, help="refresh every N seconds")] = 2.0,
+    wait: Annotated[bool, typer.Option("--wait", help="wait until nothing is pending or claimed and every issued"
+                                                      " token is visible (exit 1 after --timeout)")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", min=0, help="how long --wait waits, in seconds")] = 60.0,
     as_json: JsonOpt = False, server: ServerOpt = None, key: KeyOpt = None, profile: ProfileOpt = None,
 ) -> None:
-    """Ingest lag and freshness of the tenant: a live view (Ctrl-C ends it), or --once."""
+    """Ingest lag and freshness of the tenant, per table too: a live view (Ctrl-C ends it), --once, or --wait."""
     with cli_errors(), connect(server, key, profile) as client:
-        current = client.lag()
+        current = _wait_caught_up(client, timeout, interval) if wait else client.lag()
         if as_json:
             _print_json(current)
             return
-        if once:
+        if once or wait:
             out.print(_lag_table(current, None))
             return
         with Live(_lag_table(current, None), console=out, refresh_per_second=4) as live:
@@ -367,6 +393,86 @@ def remote_integrity(
 ) -> None:
     """Validate the tenant's files now (POST /v1/integrity/run); lists bad files and exits 1 on failure."""
     _run_remote("integrity", server, key, profile, {"table": table, "deep": deep})
+
+
+@remote_app.command("restore")
+def remote_restore(
+    snapshot_id: Annotated[int, typer.Argument(help="the snapshot whose tables come back")],
+    server: ServerOpt = None, key: KeyOpt = None, profile: ProfileOpt = None,
+) -> None:
+    """Publish a new snapshot with the file sets of an older one (POST /v1/snapshots/restore)."""
+    with cli_errors(), connect(server, key, profile) as client:
+        _print_json(client.restore_snapshot(snapshot_id))
+
+
+@remote_app.command("pin")
+def remote_pin(
+    snapshot_id: Annotated[int, typer.Argument(help="the snapshot retention must keep")],
+    reason: Annotated[str, typer.Option("--reason", help="why it is kept")],
+    expires_at: Annotated[str | None, typer.Option("--expires-at", help="RFC 3339; default: never")] = None,
+    server: ServerOpt = None, key: KeyOpt = None, profile: ProfileOpt = None,
+) -> None:
+    """Pin a snapshot: retention never expires it, so its files stay (POST /v1/snapshots/pin)."""
+    with cli_errors(), connect(server, key, profile) as client:
+        _print_json(client.pin_snapshot(snapshot_id, reason, expires_at))
+
+
+@remote_app.command("ready")
+def remote_ready(server: ServerOpt = None) -> None:
+    """A process's readiness (GET /v1/ready, no key): its checks and read-only mode; exit 1 if not ready."""
+    with cli_errors(), Client(server, None, retry=RetryPolicy(attempts=1), timeout=15) as client:
+        try:
+            answer = client.ready()
+        except RemoteError as exc:
+            if exc.server_code != "NOT_READY":
+                raise
+            _print_json({"status": "not ready", **exc.context})
+            raise typer.Exit(1) from None
+    _print_json(answer)
+
+
+@remote_app.command("metrics")
+def remote_metrics(
+    match: Annotated[str | None, typer.Option("--match", help="only lines containing this text")] = None,
+    server: ServerOpt = None,
+) -> None:
+    """A process's Prometheus metrics (GET /v1/metrics, no key), optionally only matching lines."""
+    with cli_errors(), Client(server, None, retry=RetryPolicy(attempts=2), timeout=15) as client:
+        text = client.metrics()
+    for line in text.splitlines():
+        if match is None or (match in line and not line.startswith("#")):
+            sys.stdout.write(line + "\n")
+
+
+read_only_remote = typer.Typer(help="Read-only mode of the key's tenant (GET/PUT /v1/read-only, ops_admin).",
+                               no_args_is_help=True)
+
+
+@read_only_remote.command("on")
+def remote_read_only_on(
+    reason: Annotated[str, typer.Option("--reason", help="why (shown to refused writers, audited)")],
+    server: ServerOpt = None, key: KeyOpt = None, profile: ProfileOpt = None,
+) -> None:
+    """Refuse the tenant's writes with 503 READ_ONLY; queries go on."""
+    with cli_errors(), connect(server, key, profile) as client:
+        _print_json(client.set_read_only(True, reason))
+
+
+@read_only_remote.command("off")
+def remote_read_only_off(server: ServerOpt = None, key: KeyOpt = None, profile: ProfileOpt = None) -> None:
+    """Let the tenant write again (the operator's global switch, if on, still applies)."""
+    with cli_errors(), connect(server, key, profile) as client:
+        _print_json(client.set_read_only(False))
+
+
+@read_only_remote.command("status")
+def remote_read_only_status(server: ServerOpt = None, key: KeyOpt = None, profile: ProfileOpt = None) -> None:
+    """Whether the tenant may write now, and which switch stops it."""
+    with cli_errors(), connect(server, key, profile) as client:
+        _print_json(client.read_only())
+
+
+remote_app.add_typer(read_only_remote, name="read-only")
 
 
 @profile_app.command("add")

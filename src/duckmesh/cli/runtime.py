@@ -24,7 +24,7 @@ from duckmesh.api.context import AppContext, OpsContext
 from duckmesh.bus.postgres import PostgresBus
 from duckmesh.catalog.db import CatalogPool, embedded_dsn
 from duckmesh.catalog.liveness import Liveness
-from duckmesh.catalog.notify import INGEST_CHANNEL, Listener
+from duckmesh.catalog.notify import INGEST_CHANNEL, READ_ONLY_CHANNEL, Listener
 from duckmesh.config import Settings
 from duckmesh.coordinator.worker import Coordinator, CoordinatorConfig
 from duckmesh.errors import DuckMeshError, RemoteError
@@ -206,6 +206,7 @@ async def open_runtime(settings: Settings, dsn: str, role: ProcessRole) -> Async
     listener = Listener(dsn, (INGEST_CHANNEL,)) if role.coordinates else None
     liveness = Liveness(dsn) if role.coordinates else None
     barrier = VisibilityBarrier(pool, dsn, poll_interval=settings.barrier_poll_interval_ms / 1000)
+    switches: Listener | None = None  # read-only switch changes: the API's cache reloads at once
     try:
         if listener is not None:
             await listener.start()
@@ -226,8 +227,12 @@ async def open_runtime(settings: Settings, dsn: str, role: ProcessRole) -> Async
                 BackfillService(pool, store, lease_seconds=settings.backfill_lease_seconds),
                 assist=build_query_assist(settings),
             )
+            switches = Listener(dsn, (READ_ONLY_CHANNEL,), runtime.web.read_only.invalidate)
+            await switches.start()
         yield runtime
     finally:
+        if switches is not None:
+            await switches.stop()
         await barrier.stop()
         if listener is not None:
             await listener.stop()

@@ -13,7 +13,7 @@ import typer
 import uvicorn
 
 from duckmesh.api.app import create_app
-from duckmesh.bus.operations import lag_by_tenant
+from duckmesh.bus.operations import lag_by_tenant, table_lag_all
 from duckmesh.catalog import migrate, tenants
 from duckmesh.catalog.db import redact_dsn
 from duckmesh.cli.runtime import ProcessRole, Runtime, catalog_dsn, cli_errors, load_settings, open_runtime
@@ -70,7 +70,10 @@ def _workers(runtime: Runtime, stop: asyncio.Event) -> list[asyncio.Task[None]]:
     api = runtime.api
     if api is not None:
         observe = api.ingest.admission.observe_pending
-        sampler = run_lag_sampler(lambda: lag_by_tenant(runtime.pool), stop, on_pending=observe)
+        sampler = run_lag_sampler(
+            lambda: lag_by_tenant(runtime.pool), stop, on_pending=observe,
+            tables=lambda limit: table_lag_all(runtime.pool, limit), refresh=[api.read_only.refresh],
+        )
         tasks.append(asyncio.create_task(sampler, name="lag"))
     return tasks
 

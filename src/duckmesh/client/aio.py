@@ -115,6 +115,27 @@ class AsyncClient(ClientBase):
     async def run_integrity(self, table: str | None = None, deep: bool = False) -> dict[str, Any]:
         return await self.request(calls.post("/v1/integrity/run", {"table": table, "deep": deep}))
 
+    async def restore_snapshot(self, snapshot_id: int) -> dict[str, Any]:
+        """Publish a new snapshot whose file sets equal ``snapshot_id``'s (ops_admin)."""
+        return await self.request(calls.post("/v1/snapshots/restore", {"snapshot_id": int(snapshot_id)}))
+
+    async def pin_snapshot(self, snapshot_id: int, reason: str, expires_at: str | None = None) -> dict[str, Any]:
+        body = {"snapshot_id": int(snapshot_id), "reason": reason, "expires_at": expires_at}
+        return await self.request(calls.post("/v1/snapshots/pin", body))
+
+    async def read_only(self) -> dict[str, Any]:
+        """Whether the key's tenant may write now, and the switch that stops it (ops_admin)."""
+        return await self.request(calls.get("/v1/read-only"))
+
+    async def set_read_only(self, enabled: bool, reason: str | None = None) -> dict[str, Any]:
+        """Switch the key's tenant into (``enabled``, with a ``reason``) or out of read-only mode."""
+        body = {"enabled": enabled, **({"reason": reason} if reason else {})}
+        return await self.request(calls.Call("PUT", "/v1/read-only", calls.json_object, json=body))
+
+    async def metrics(self) -> str:
+        """The Prometheus text of the server (no key needed)."""
+        return await self.request(calls.Call("GET", "/v1/metrics", lambda response: response.text))
+
     # --- query -----------------------------------------------------------------------------------
 
     async def query(self, sql: str, **options: Any) -> QueryResult:

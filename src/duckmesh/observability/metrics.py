@@ -37,6 +37,20 @@ VISIBILITY_LAG = Gauge(
 LATEST_VISIBILITY_TOKEN = Gauge(
     "duckmesh_latest_visibility_token", "Watermark of the latest snapshot", ["tenant"], registry=REGISTRY
 )
+# Per live table, for at most TABLE_SERIES_LIMIT tables per process (the sampler's bound).
+TABLE_SERIES_LIMIT = 1000
+TABLE_LAG_EVENTS = Gauge(
+    "duckmesh_table_lag_events", "Accepted or claimed events not yet visible, per table", ["tenant", "table"],
+    registry=REGISTRY,
+)
+TABLE_VISIBILITY_LAG = Gauge(
+    "duckmesh_table_visibility_lag_seconds", "Age of the table's oldest event not yet visible", ["tenant", "table"],
+    registry=REGISTRY,
+)
+TABLE_VISIBILITY_TOKEN = Gauge(
+    "duckmesh_table_latest_visibility_token", "The table's watermark in the head snapshot", ["tenant", "table"],
+    registry=REGISTRY,
+)
 WRITE_TO_VISIBLE = Histogram(
     "duckmesh_write_to_visible_latency_seconds", "From accept to published snapshot", ["tenant"],
     buckets=_LATENCY, registry=REGISTRY,
@@ -108,6 +122,18 @@ INTEGRITY_SIZE_MISMATCH = Counter(
 INTEGRITY_CONTENT_MISMATCH = Counter(
     "duckmesh_integrity_content_mismatch_files_total", "Files whose hash or row count differs (deep)",
     registry=REGISTRY,
+)
+
+# emergency read-only mode
+READ_ONLY_GLOBAL = Gauge(
+    "duckmesh_read_only_global", "1 while the whole service is in read-only mode", registry=REGISTRY
+)
+READ_ONLY_TENANT = Gauge(
+    "duckmesh_read_only_tenant", "1 while the tenant is in read-only mode (absent otherwise)", ["tenant"],
+    registry=REGISTRY,
+)
+READ_ONLY_REJECTED = Counter(
+    "duckmesh_read_only_rejected_total", "Writes refused with READ_ONLY", ["tenant", "scope"], registry=REGISTRY
 )
 
 # http

@@ -7,16 +7,16 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request
 
-from duckmesh.api.auth import require
 from duckmesh.api.context import AppContext
 from duckmesh.api.routing import api_router
+from duckmesh.api.write_guard import writable
 from duckmesh.catalog import audit
 from duckmesh.catalog.tenants import Principal
 from duckmesh.domain import Role
 from duckmesh.observability.logging import trace_id_var
 
 router = api_router("tables")
-Admin = Annotated[Principal, Depends(require(Role.TABLE_ADMIN))]
+Writer = Annotated[Principal, Depends(writable(Role.TABLE_ADMIN))]
 _PARQUET_TYPES = ("application/vnd.apache.parquet", "application/x-parquet", "application/octet-stream")
 
 
@@ -24,7 +24,7 @@ _PARQUET_TYPES = ("application/vnd.apache.parquet", "application/x-parquet", "ap
     "/v1/tables/{table}/backfill",
     responses={
         200: {"description": "published as one backfill snapshot (or the original result for a repeated id)"},
-        400: {}, 401: {}, 403: {}, 404: {}, 409: {}, 413: {},
+        400: {}, 401: {}, 403: {}, 404: {}, 409: {}, 413: {}, 503: {},
     },
     openapi_extra={"requestBody": {"content": {
         "application/x-ndjson": {"schema": {"type": "string"}},
@@ -32,7 +32,7 @@ _PARQUET_TYPES = ("application/vnd.apache.parquet", "application/x-parquet", "ap
     }, "required": True}},
 )
 async def backfill(
-    table: str, principal: Admin, request: Request,
+    table: str, principal: Writer, request: Request,
     backfill_id: Annotated[str, Query(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:-]+$")],
 ) -> dict[str, Any]:
     """Stream the body (NDJSON payload rows or one Parquet file) to disk, then load it."""

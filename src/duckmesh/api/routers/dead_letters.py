@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from duckmesh.api.auth import require
 from duckmesh.api.context import AppContext
 from duckmesh.api.routing import api_router
+from duckmesh.api.write_guard import writable
 from duckmesh.bus.dead_letters import dead_letters, replay_dead_letters
 from duckmesh.catalog import audit
 from duckmesh.catalog.tenants import Principal
@@ -16,6 +17,7 @@ from duckmesh.observability.logging import trace_id_var
 
 router = api_router("operations")
 Ops = Annotated[Principal, Depends(require(Role.OPS_ADMIN))]
+Replayer = Annotated[Principal, Depends(writable(Role.OPS_ADMIN))]  # a replay is a write
 
 
 class ReplayRequest(BaseModel):
@@ -35,8 +37,8 @@ async def list_dead_letters(
     return {"dead_letters": items, "next_after": rows[-1]["event_id"] if len(rows) == limit else None}
 
 
-@router.post("/v1/dead-letters/replay", responses={400: {}, 401: {}, 403: {}})
-async def replay(body: ReplayRequest, principal: Ops, request: Request) -> dict[str, Any]:
+@router.post("/v1/dead-letters/replay", responses={400: {}, 401: {}, 403: {}, 503: {}})
+async def replay(body: ReplayRequest, principal: Replayer, request: Request) -> dict[str, Any]:
     ctx: AppContext = request.app.state.ctx
     replayed = await replay_dead_letters(ctx.pool, principal.tenant_id, body.event_ids)
     done = {r["event_id"] for r in replayed}

@@ -4,9 +4,9 @@ from typing import Annotated, Literal
 
 from fastapi import Depends, Header, Query, Request, Response
 
-from duckmesh.api.auth import require
 from duckmesh.api.context import AppContext
 from duckmesh.api.routing import api_router
+from duckmesh.api.write_guard import writable
 from duckmesh.catalog.tenants import Principal
 from duckmesh.domain import Op, Role
 from duckmesh.errors import InvalidJson
@@ -16,7 +16,7 @@ from duckmesh.ingest.validate import BodyForm
 from duckmesh.observability.logging import trace_id_var
 
 router = api_router("ingest")
-Writer = Annotated[Principal, Depends(require(Role.INGEST_WRITER))]
+Writer = Annotated[Principal, Depends(writable(Role.INGEST_WRITER))]
 _NDJSON = ("application/x-ndjson", "application/ndjson", "application/jsonl", "application/json-seq")
 _PAYLOAD_ARRAY = {"type": "array", "items": {"type": "object", "description": "one payload (column -> value)"}}
 
@@ -35,7 +35,7 @@ def _form(content_type: str, body: bytes) -> BodyForm:
 @router.post(
     "/v1/ingest/{table}",
     response_model=IngestReceipt,
-    responses={400: {}, 401: {}, 403: {}, 404: {}, 409: {}, 413: {}, 429: {}, 504: {}},
+    responses={400: {}, 401: {}, 403: {}, 404: {}, 409: {}, 413: {}, 429: {}, 503: {}, 504: {}},
     openapi_extra={"requestBody": {"required": True, "content": {
         "application/json": {"schema": {"oneOf": [{"$ref": "#/components/schemas/IngestRequest"}, _PAYLOAD_ARRAY]}},
         "application/x-ndjson": {"schema": {"type": "string", "description": "one payload object per line"}},
@@ -63,6 +63,3 @@ async def ingest(
     if result.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return result.receipt
-
-
-

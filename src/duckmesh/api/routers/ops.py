@@ -7,7 +7,8 @@ from fastapi import Depends, Query, Request
 from duckmesh.api.auth import require
 from duckmesh.api.context import AppContext
 from duckmesh.api.routing import api_router
-from duckmesh.catalog import audit, snapshots
+from duckmesh.bus import operations
+from duckmesh.catalog import audit
 from duckmesh.catalog.tenants import Principal
 from duckmesh.domain import Role
 
@@ -17,29 +18,23 @@ Ops = Annotated[Principal, Depends(require(Role.OPS_ADMIN))]
 
 @router.get("/v1/lag", responses={401: {}, 403: {}})
 async def lag(principal: Ops, request: Request) -> dict[str, Any]:
+    """The tenant's ingest lag and freshness, with the same counts per live table."""
     ctx: AppContext = request.app.state.ctx
     counts = await ctx.bus.lag(principal.tenant_id)
-    async with ctx.pool.connection() as conn:
-        head = await snapshots.head(conn, principal.tenant_id)
-        cur = await conn.execute(
-            "SELECT c.next_visibility_token - 1 AS issued, s.created_at FROM tenant_counter c"
-            " LEFT JOIN snapshot s ON s.snapshot_id = %s WHERE c.tenant_id = %s",
-            (head.snapshot_id, principal.tenant_id),
-        )
-        row = await cur.fetchone()
-    assert row is not None
+    fresh = await operations.freshness(ctx.pool, principal.tenant_id)
+    per_table = await operations.lag_by_table(ctx.pool, principal.tenant_id)
     return {
         "tenant_id": principal.tenant_id,
         **counts,
         # the reference implementation's names: events not yet claimed, and the pending age
         "accepted_events": counts["pending_events"],
         "oldest_pending_lag_ms": counts["oldest_pending_age_ms"] or 0,
-        "latest_issued_token": row["issued"],
-        "latest_visibility_token": head.max_visibility_token,
-        "token_lag": row["issued"] - head.max_visibility_token,
-        "latest_snapshot_id": head.snapshot_id,
-        "latest_snapshot_time": row["created_at"].isoformat() if row["created_at"] else None,
-        "tables": {},
+        "latest_issued_token": fresh.latest_issued_token,
+        "latest_visibility_token": fresh.latest_visibility_token,
+        "token_lag": fresh.latest_issued_token - fresh.latest_visibility_token,
+        "latest_snapshot_id": fresh.latest_snapshot_id,
+        "latest_snapshot_time": fresh.latest_snapshot_time.isoformat() if fresh.latest_snapshot_time else None,
+        "tables": {t.table_name: t.to_json() for t in per_table},
     }
 
 

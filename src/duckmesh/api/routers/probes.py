@@ -42,7 +42,17 @@ async def ready(request: Request) -> dict[str, Any]:
     failed = sorted(name for name, state in checks.items() if state != "ok")
     if failed:
         raise NotReady(f"not ready: {', '.join(failed)}", failed=failed, checks=checks)
-    return {"status": "ready", "checks": checks}
+    return {"status": "ready", "checks": checks, **await _read_only_mode(ctx)}
+
+
+async def _read_only_mode(ctx: AppContext | OpsContext) -> dict[str, Any]:
+    """Read-only mode is still ready (queries are served); the probe says so without naming tenants."""
+    try:
+        state = await ctx.read_only.state()
+    except Exception:
+        return {}
+    return {"mode": "read_only" if state.global_switch else "read_write",
+            "read_only": {"global": state.global_switch is not None, "tenants": len(state.tenants)}}
 
 
 @router.get("/v1/metrics", response_class=Response)

@@ -9,6 +9,7 @@ from duckmesh.api import audit
 from duckmesh.api.auth import require
 from duckmesh.api.context import AppContext
 from duckmesh.api.routing import api_router
+from duckmesh.api.write_guard import writable
 from duckmesh.catalog import tables
 from duckmesh.catalog.tenants import Principal
 from duckmesh.domain import Role
@@ -17,7 +18,7 @@ from duckmesh.schema import NAME_PATTERN, CompatibilityMode, SchemaError, TableS
 from duckmesh.tables import lifecycle
 
 router = api_router("tables")
-Admin = Annotated[Principal, Depends(require(Role.TABLE_ADMIN))]
+Admin = Annotated[Principal, Depends(writable(Role.TABLE_ADMIN))]  # every Admin route changes tables
 Reader = Annotated[Principal, Depends(require(Role.TABLE_ADMIN, Role.QUERY_READER))]
 
 
@@ -98,7 +99,8 @@ class TableList(BaseModel):
     tables: list[TableInfo]
 
 
-@router.post("/v1/tables", status_code=201, response_model=TableInfo, responses={400: {}, 401: {}, 403: {}, 409: {}})
+@router.post("/v1/tables", status_code=201, response_model=TableInfo,
+             responses={400: {}, 401: {}, 403: {}, 409: {}, 503: {}})
 async def create_table(body: CreateTable, principal: Admin, request: Request) -> dict[str, Any]:
     ctx: AppContext = request.app.state.ctx
     try:
@@ -163,7 +165,8 @@ async def _check_fixed_fields(ctx: AppContext, principal: Principal, table: str,
         raise SchemaIncompatible("the change is not allowed", table=table, reasons=reasons)
 
 
-@router.patch("/v1/tables/{table}", response_model=TableInfo, responses={400: {}, 401: {}, 403: {}, 404: {}, 409: {}})
+@router.patch("/v1/tables/{table}", response_model=TableInfo,
+              responses={400: {}, 401: {}, 403: {}, 404: {}, 409: {}, 503: {}})
 async def alter_table(table: str, body: AlterTable, principal: Admin, request: Request) -> dict[str, Any]:
     ctx: AppContext = request.app.state.ctx
     await _check_fixed_fields(ctx, principal, table, body)
@@ -185,7 +188,7 @@ async def table_schemas(table: str, principal: Reader, request: Request) -> dict
             "schemas": history}
 
 
-@router.delete("/v1/tables/{table}", response_model=DroppedTable, responses={401: {}, 403: {}, 404: {}})
+@router.delete("/v1/tables/{table}", response_model=DroppedTable, responses={401: {}, 403: {}, 404: {}, 503: {}})
 async def drop_table(table: str, principal: Admin, request: Request) -> dict[str, Any]:
     ctx: AppContext = request.app.state.ctx
     found, snapshot = await lifecycle.drop_table(
