@@ -139,15 +139,17 @@ async def expire_ingest_leases(pool: CatalogPool, owner: str) -> int:
     async with pool.transaction() as tx:
         cur = await tx.execute(
             "UPDATE ingest_segment SET lease_until = clock_timestamp() - interval '1 millisecond'"
-            " WHERE state = 'claimed' AND lease_owner = %s AND lease_until >= clock_timestamp()",
+            " WHERE state = 'claimed' AND lease_owner = %s AND lease_until >= clock_timestamp()"
+            " RETURNING record_count",
             (owner,),
         )
+        records = sum(r["record_count"] for r in await cur.fetchall())
         await tx.execute(
             "UPDATE ingest_claim_batch SET lease_until = clock_timestamp() - interval '1 millisecond'"
             " WHERE owner = %s AND state = 'active' AND lease_until >= clock_timestamp()",
             (owner,),
         )
-        return cur.rowcount
+        return records
 
 
 @dataclass(frozen=True)
