@@ -121,10 +121,3 @@ def events_csv(first: int, count: int) -> bytes:
         lines.append(f"{i}\t{_user(i)}\t{KINDS[i % 10]}\t{cents // 100}.{cents % 100:02d}\t"
                      f"2026-01-{day:02d} {hour:02d}:{minute:02d}:{second:02d}+00\n")
     return "".join(lines).encode()
-
-
-def bus_rows(first: int, count: int) -> bytes:
-    """The same rows shaped like the ingest bus: idempotency key, op, JSON payload, token (COPY text)."""
-    return "".join(
-        f"e{i}\tinsert\t{event_json(i)}\t{i + 1}\n" for i in range(first, first + count)
-    ).encode()

@@ -9,7 +9,6 @@
 - Freshness, the product's way: after an acknowledgement, a sampled write's token T goes into
   ``POST /v1/query`` with ``min_visibility_token=T`` and ``consistency_timeout_ms``; the time
   from the ack to that query's answer is write-to-visible, and the answer must contain the row.
-  (``LagPoller`` is the older ``GET /v1/lag`` method, kept for ``ingest_bench.py``.)
 
 Requests are spread round-robin over the API processes given.
 """
@@ -17,7 +16,6 @@ Requests are spread round-robin over the API processes given.
 from __future__ import annotations
 
 import asyncio
-import heapq
 import math
 import os
 import time
@@ -232,75 +230,3 @@ async def wait_drained(url: str, key: str, timeout: float = 60.0) -> float:
                 break
             await asyncio.sleep(0.05)
     return time.perf_counter() - started
-
-
-class LagPoller:
-    """Write-to-visible by polling ``GET /v1/lag``: one poller for every sampled write, every
-    ``interval`` s it reads the watermark and resolves each pending write whose token it covers
-    (the same as each write polling on its own, without multiplying the load)."""
-
-    def __init__(self, client: httpx.AsyncClient, key: str, result: LoadResult, interval: float) -> None:
-        self.client = client
-        self.headers = {"Authorization": f"Bearer {key}"}
-        self.result = result
-        self.interval = interval
-        self.pending: list[tuple[int, float, float]] = []  # (token, sent, acked)
-        self.watermark = 0
-
-    def add(self, token: int, sent: float, acked: float) -> None:
-        heapq.heappush(self.pending, (token, sent, acked))
-
-    async def run(self, writers_done: asyncio.Event, drain_timeout: float) -> None:
-        drain_started: float | None = None
-        while True:
-            now = time.perf_counter()
-            if drain_started is None and writers_done.is_set():
-                drain_started = now
-            if drain_started is not None and (not self.pending or now - drain_started > drain_timeout):
-                self.result.unresolved = len(self.pending)
-                self.result.drain_seconds = now - drain_started
-                return
-            try:
-                response = await self.client.get("/v1/lag", headers=self.headers)
-                response.raise_for_status()
-                self.watermark = int(response.json()["latest_visibility_token"])
-            except httpx.HTTPError as exc:
-                self.result.errors[f"lag:{type(exc).__name__}"] += 1
-            now = time.perf_counter()
-            while self.pending and self.pending[0][0] <= self.watermark:
-                _, sent, acked = heapq.heappop(self.pending)
-                self.result.visible_from_send.append(now - sent)
-                self.result.visible.append(now - acked)
-            await asyncio.sleep(self.interval)
-
-
-async def closed_loop_lag(url: str, key: str, table: str, writers: int, batch: int, seconds: float, *,
-                          lag_poll: float = 0.01, sample_every: int = 1, drain_timeout: float = 60.0) -> LoadResult:
-    """``closed_loop`` with write-to-visible from ``GET /v1/lag`` (the original ingest benchmark)."""
-    result = LoadResult()
-    headers = {"Authorization": f"Bearer {key}", **JSON}
-    async with httpx.AsyncClient(base_url=url, trust_env=False, timeout=30.0) as poll_client:
-        poller = LagPoller(poll_client, key, result, lag_poll)
-        done = asyncio.Event()
-        polling = asyncio.create_task(poller.run(done, drain_timeout))
-
-        async def writer(index: int, deadline: float) -> None:
-            async with httpx.AsyncClient(base_url=url, trust_env=False, timeout=30.0) as client:
-                seq = 0
-                while time.perf_counter() < deadline:
-                    body = ingest_body(index * (1 << 40) + seq * batch, batch, f"w{index}-")
-                    sent = time.perf_counter()
-                    receipt = await _send(client, f"/v1/ingest/{table}", headers, body, result)
-                    acked = time.perf_counter()
-                    if receipt is not None:
-                        result.ack.append(acked - sent)
-                        if seq % sample_every == 0:
-                            poller.add(int(receipt["max_visibility_token"]), sent, acked)
-                    seq += 1
-
-        started = time.perf_counter()
-        await asyncio.gather(*(writer(i, started + seconds) for i in range(writers)))
-        result.elapsed = time.perf_counter() - started
-        done.set()
-        await polling
-    return result

@@ -124,7 +124,6 @@ def main(argv: list[str] | None = None) -> int:
         section("Profile", parts["profile"]),
         section("Bottlenecks and next steps",
                 guarded("bottlenecks", lambda: analysis.bottlenecks(bench, parts["experiments"]))),
-        section("Fixed in the first performance pass", (Path(__file__).parent / "PERF_PASS.md").read_text()),
         *(["Warnings during the run:\n\n" + "\n".join(f"- {w}" for w in cluster.warnings) + "\n"]
           if cluster.warnings else []),
     ])

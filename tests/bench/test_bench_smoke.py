@@ -29,7 +29,6 @@ SECTIONS = (
     "Resources",
     "Profile",
     "Bottlenecks and next steps",
-    "Fixed in the first performance pass",
 )
 
 
