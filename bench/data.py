@@ -65,6 +65,11 @@ def ingest_body(first: int, count: int, key_prefix: str = "e") -> bytes:
     return f'{{"records":[{records}]}}'.encode()
 
 
+def array_body(first: int, count: int) -> bytes:
+    """The same records as a bare JSON array of payloads (no per-record keys; op from the query string)."""
+    return ("[" + ",".join(event_json(i) for i in range(first, first + count)) + "]").encode()
+
+
 def user_body(first: int, count: int) -> bytes:
     records = ",".join(
         f'{{"idempotency_key":"u{u}","op":"insert","payload":{{"user_id":{u},"country":"{COUNTRIES[u % 20]}",'
@@ -97,6 +102,17 @@ def events_table(first: int, count: int) -> pa.Table:
         table = con.sql(query).to_arrow_table()
     # make_timestamp gives a naive UTC timestamp: label it UTC like the table's column type.
     return table.cast(EVENTS_SCHEMA)
+
+
+PEER_EXTRA = (("op", pa.string()), ("event_time", pa.timestamp("us", tz="UTC")))
+
+
+def peer_table(first: int, count: int) -> pa.Table:
+    """The events rows plus the two attributes DuckMesh keeps with every record besides its payload
+    (op and event time), for the lake formats that write the same batches directly."""
+    table = events_table(first, count)
+    return table.append_column(PEER_EXTRA[0][0], pa.array(["insert"] * count, PEER_EXTRA[0][1])).append_column(
+        PEER_EXTRA[1][0], table.column("at"))
 
 
 def users_table(count: int = USERS) -> pa.Table:

@@ -25,9 +25,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from data import ingest_body
+from data import array_body, ingest_body
 
 JSON = {"Content-Type": "application/json"}
+PROBE_TIMEOUT_MS = 3000  # the read-your-write probes' consistency_timeout_ms
+DRAIN_POLL_S = 0.01  # GET /v1/lag polling while waiting for the bus to drain
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -57,7 +59,13 @@ class LoadResult:
     max_token: int = 0
     client_cpu: float = 0.0
     drain_seconds: float = 0.0
-    unresolved: int = 0
+    built_live: int = 0  # closed loop: bodies encoded during the run (the pre-encoded ones ran out)
+
+    @property
+    def visible_rate(self) -> float:
+        """Records per second counted from the first send until every acknowledged record was visible."""
+        total = self.elapsed + self.drain_seconds
+        return self.accepted / total if total else 0.0
 
     @property
     def rate(self) -> float:
@@ -78,7 +86,7 @@ class Prober:
     """Read-your-write probes through the query barrier, at most ``per_second`` of them."""
 
     def __init__(self, client: Callable[[], httpx.AsyncClient], key: str, table: str, result: LoadResult,
-                 per_second: float, timeout_ms: int = 3000) -> None:
+                 per_second: float, timeout_ms: int = PROBE_TIMEOUT_MS) -> None:
         self.client = client
         self.headers = {"Authorization": f"Bearer {key}", **JSON}
         self.table = table
@@ -184,22 +192,52 @@ async def open_loop(urls: list[str], key: str, table: str, rate: float, batch: i
     return result
 
 
+@dataclass(frozen=True)
+class Form:
+    """How a closed-loop writer encodes its requests: ``{"records": [...]}`` with a per-record key
+    each (the only form every DuckMesh version accepts), or a bare array of payloads with one
+    ``Idempotency-Key`` header per request and no per-record keys."""
+
+    name: str = "records"
+    request_key: bool = False
+
+    def body(self, first: int, batch: int, prefix: str) -> bytes:
+        return array_body(first, batch) if self.name == "array" else ingest_body(first, batch, prefix)
+
+
+RECORDS = Form()
+ARRAY_WITH_REQUEST_KEY = Form("array", request_key=True)
+
+
 async def closed_loop(urls: list[str], key: str, table: str, writers: int, batch: int, seconds: float, *,
-                      first_id: int = 0, probes_per_second: float = 15.0) -> LoadResult:
-    """``writers`` concurrent writers, back to back, for ``seconds``."""
+                      first_id: int = 0, probes_per_second: float = 15.0, form: Form = RECORDS,
+                      rate_cap: float = 100_000.0) -> LoadResult:
+    """``writers`` concurrent writers, back to back, for ``seconds``.
+
+    Bodies are encoded before the clock starts, enough for ``rate_cap`` records/s; a writer that
+    runs past them encodes the rest as it goes (counted in ``built_live``: the client then spent
+    CPU on JSON that a faster server would have been spared)."""
     result = LoadResult()
     pool = clients(urls, max(writers, 4))
-    headers = {"Authorization": f"Bearer {key}", **JSON}
+    base = {"Authorization": f"Bearer {key}", **JSON}
     turn = iter(range(1 << 62))
     prober = Prober(lambda: pool[next(turn) % len(pool)], key, table, result, probes_per_second)
     span = 1 << 40  # id space per writer
+    ready = max(1, math.ceil(rate_cap * seconds / writers / batch))
+    bodies = [[form.body(first_id + w * span + n * batch, batch, f"w{w}-") for n in range(ready)]
+              for w in range(writers)]
 
     async def writer(index: int, deadline: float) -> None:
         client = pool[index % len(pool)]
         seq = 0
         while time.perf_counter() < deadline:
             first = first_id + index * span + seq * batch
-            body = ingest_body(first, batch, f"w{index}-")
+            if seq < ready:
+                body = bodies[index][seq]
+            else:
+                body = form.body(first, batch, f"w{index}-")
+                result.built_live += 1
+            headers = {**base, "Idempotency-Key": f"w{index}-{seq}"} if form.request_key else base
             sent = time.perf_counter()
             receipt = await _send(client, f"/v1/ingest/{table}", headers, body, result)
             acked = time.perf_counter()
@@ -219,8 +257,34 @@ async def closed_loop(urls: list[str], key: str, table: str, writers: int, batch
     return result
 
 
-async def wait_drained(url: str, key: str, timeout: float = 60.0) -> float:
-    """Poll ``GET /v1/lag`` until every issued token is visible; returns the seconds waited."""
+async def lone_writer(url: str, key: str, table: str, batch: int, requests: int, *, first_id: int = 0,
+                      pause: float = 0.05) -> LoadResult:
+    """One writer, ``requests`` requests of ``batch`` records each with ``wait_for_visibility`` in
+    the body (the JSON-object form, which every DuckMesh version accepts), one at a time with
+    ``pause`` seconds between them so the system is idle when each starts; ``ack`` holds the
+    request latencies (send -> visible receipt)."""
+    result = LoadResult()
+    headers = {"Authorization": f"Bearer {key}", **JSON}
+    bodies = [ingest_body(first_id + n * batch, batch, "lw")[:-1] + b',"wait_for_visibility":true}'
+              for n in range(requests)]
+    async with httpx.AsyncClient(base_url=url, trust_env=False, timeout=30.0) as client:
+        await client.get("/v1/health")  # the connection is open before the first timed request
+        started = time.perf_counter()
+        for body in bodies:
+            await asyncio.sleep(pause)
+            sent = time.perf_counter()
+            receipt = await _send(client, f"/v1/ingest/{table}", headers, body, result)
+            if receipt is not None:
+                if receipt.get("status") == "visible":
+                    result.ack.append(time.perf_counter() - sent)
+                else:
+                    result.errors[f"status:{receipt.get('status')}"] += 1
+        result.elapsed = time.perf_counter() - started
+    return result
+
+
+async def wait_drained(url: str, key: str, timeout: float = 120.0, poll: float = DRAIN_POLL_S) -> float:
+    """Poll ``GET /v1/lag`` every ``poll`` s until every issued token is visible; returns the seconds waited."""
     started = time.perf_counter()
     async with httpx.AsyncClient(base_url=url, trust_env=False, timeout=10.0) as client:
         while time.perf_counter() - started < timeout:
@@ -228,5 +292,5 @@ async def wait_drained(url: str, key: str, timeout: float = 60.0) -> float:
             response.raise_for_status()
             if response.json()["token_lag"] <= 0:
                 break
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(poll)
     return time.perf_counter() - started
