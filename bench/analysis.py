@@ -87,6 +87,8 @@ def service_levels(bench: Bench, baseline: dict[str, Any] | None, baseline_path:
             profile=str(baseline.get("profile", "?")), path=baseline_path, load_start=load or "?",
             load_end=" / ".join(f"{v:.2f}" for v in baseline.get("loadavg_end", [])) or "?",
             measured_with=str(baseline.get("measured_with", "?"))))
+        if baseline.get("machine_loaded"):
+            parts.append(text("baseline_loaded"))
         if baseline.get("profile") != bench.profile.name:
             parts.append(text("baseline_other_profile", before=str(baseline.get("profile")), after=bench.profile.name))
     parts.append(text("targets_note", sustained=pct(100 * targets.SUSTAINED)))

@@ -45,7 +45,7 @@ FULL = Profile("full", reps=3, ingest_seconds=6.0, gc_files=1_000)
 QUICK = Profile(
     "quick", reps=1, ingest_seconds=0.5, preencode_rate=30_000.0, drain_events=4_000, lone_requests=10,
     catalog_events=4_000, peer_rows=4_000, baseline_rows=10_000, micro_rows=20_000, micro_file_rows=1_000,
-    big_rows=100_000, big_chunks=8, warm_samples=3, compaction_reps=1, gc_files=40, profile_seconds=2.0,
+    big_rows=100_000, big_chunks=8, warm_samples=3, compaction_reps=1, gc_files=20, profile_seconds=2.0,
     drop_page_cache=False,
 )
 

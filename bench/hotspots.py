@@ -29,6 +29,7 @@ from context import Bench
 from data import EVENT_COLUMNS, ingest_body
 from harness import CpuMeter, Proc
 from ingest_suite import drain
+from narrative import text
 from report import count, pct, table
 
 SPY_HZ = 100
@@ -251,32 +252,26 @@ def run(bench: Bench, out_dir: Path) -> str:
             return lambda: errors.append(_finish(spying, interrupt=True))
 
         rate = drain(bench, 1, bench.profile.drain_events, during=attach)
-        coordinator_md = (f"The coordinator drained a pre-loaded bus of {bench.profile.drain_events:,} events at"
-                          f" {count(rate)} events/s while sampled.\n")
+        coordinator_md = text("profile_drain", events=count(bench.profile.drain_events), rate=count(rate)) + "\n"
     cluster.scale("coordinator", 1)
     parts = [
-        f"**api under load.** Closed loop, {writers} writers × {batch} records, {seconds:.0f} s, one api and one"
-        f" coordinator: {count(result.rate)} rec/s acknowledged ({per_request:.0f} requests/s, i.e. one request"
-        f" every {1000 / per_request:.1f} ms); CPU over the window (% of one core): "
-        + ", ".join(f"{k} {pct(v)}" for k, v in sorted(cpu.items())) + ".\n",
-        f"**Catalog backends during that load** (pg_stat_activity every {WAIT_SAMPLE_S * 1000:g} ms):\n\n"
-        + waits.markdown(),
-        "**The ingest transaction alone** (the real `PostgresBus.publish`, called in-process one at a time, no"
-        " other load): " + ", ".join(f"{n} records {1000 * v:.1f} ms" for n, v in alone.items()) + ".\n",
+        text("profile_api", writers=str(writers), batch=str(batch), seconds=f"{seconds:g}", rate=count(result.rate),
+             requests=f"{per_request:.0f}", every=f"{1000 / per_request:.1f}",
+             cpu=", ".join(f"{k} {pct(v)}" for k, v in sorted(cpu.items()))) + "\n",
+        text("profile_waits", every=f"{WAIT_SAMPLE_S * 1000:g}") + "\n\n" + waits.markdown(),
+        text("profile_alone", alone=", ".join(f"{n} records {1000 * v:.1f} ms" for n, v in alone.items())) + "\n",
     ]
     if not spy:
-        parts.append("py-spy is not installed in this environment (`.venv/bin/pip install py-spy`), so no CPU"
-                     " profile was taken in this run.\n")
+        parts.append(text("profile_no_pyspy") + "\n")
         return "\n".join(parts)
     errors = [e for e in errors if e]
     if errors or not all(p.exists() for p in outputs.values()):
-        parts.append("py-spy failed: " + " / ".join(errors) + "\n")
+        parts.append(text("profile_pyspy_failed", errors=" / ".join(errors)) + "\n")
         return "\n".join(parts)
     profiles = {name: summarise(path) for name, path in outputs.items()}
     bench.headline["profiles"] = profiles
-    parts.append(f"py-spy at {SPY_HZ} Hz (non-blocking); raw collapsed stacks: `{outputs['api'].name}`,"
-                 f" `{outputs['coordinator'].name}` in `{out_dir.name}/` (bench/results/ for the committed report,"
-                 " gitignored).\n")
+    parts.append(text("profile_pyspy", hz=str(SPY_HZ), api=outputs["api"].name, coordinator=outputs["coordinator"].name,
+                      folder=out_dir.name) + "\n")
     parts.append(_profile_markdown("api, during the load above", profiles["api"]))
     parts.append(coordinator_md + "\n" + _profile_markdown("coordinator, during a drain", profiles["coordinator"]))
     return "\n".join(parts)

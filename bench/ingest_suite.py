@@ -153,9 +153,11 @@ def measure(bench: Bench) -> None:
     """Every ingest configuration the measured DuckMesh supports, ``reps`` times, then the drains."""
     runs: dict[str, dict[str, Any]] = bench.results.setdefault("ingest", {})
     wanted = [c for c in configs(bench) if bench.segment_bus or not c.segment_bus_only]
+    # Run grouped by process count (each change of it starts or stops processes); shown in configs() order.
+    order = sorted(wanted, key=lambda c: (c.coordinators, c.apis))
     bench.log("ingest: open loop at fixed offered rates, closed loops")
     for _ in range(bench.profile.reps):
-        for config in wanted:
+        for config in order:
             entry = runs.setdefault(config.id, {"label": config.label, "apis": config.apis, "rate_offered": config.rate,
                                                 "coordinators": config.coordinators, "writers": config.writers,
                                                 "batch": config.batch, "form": config.form.name, "runs": []})
@@ -238,7 +240,8 @@ def _scale_md(bench: Bench, runs: dict[str, dict[str, Any]], drains: dict[str, l
 
 
 def sections(bench: Bench) -> tuple[str, str, str]:
-    runs = bench.results.get("ingest", {})
+    found = bench.results.get("ingest", {})
+    runs = {c.id: found[c.id] for c in configs(bench) if c.id in found}
     return (section("Ingest", _ingest_md(bench, runs)), section("Freshness", _freshness_md(bench, runs),
                                                                  bench.parts.get("lone_wait", "")),
             section("Scale: coordinators", _scale_md(bench, runs, bench.results.get("drain", {}))))

@@ -270,11 +270,10 @@ def _headline(bench: Bench, datasets: list[Dataset]) -> None:
 def _query_md(bench: Bench, datasets: list[Dataset]) -> str:
     parts = []
     for data in datasets:
-        how = (f"{data.load_rows:,} rows ingested over HTTP in requests of {bench.profile.micro_file_rows:,}"
-               f" records, one file per coordinator claim ({data.load_rows / data.load_seconds:,.0f} rec/s"
-               " end to end, until visible)" if data.name == "micro" else
-               f"{data.load_rows:,} rows through the backfill API in {bench.profile.big_chunks} Parquet chunks"
-               f" ({data.load_rows / data.load_seconds:,.0f} rows/s)")
+        how = (text("dataset_micro", rows=f"{data.load_rows:,}", per_request=f"{bench.profile.micro_file_rows:,}",
+                    rate=f"{data.load_rows / data.load_seconds:,.0f}") if data.name == "micro" else
+               text("dataset_big", rows=f"{data.load_rows:,}", chunks=str(bench.profile.big_chunks),
+                    rate=f"{data.load_rows / data.load_seconds:,.0f}"))
         rows = []
         for state, results in data.states.items():
             for name, t in results.items():
