@@ -13,7 +13,8 @@ import duckdb
 import psycopg
 from context import Bench
 from data import EVENT_COLUMNS, USER_COLUMNS, event_json, events_csv, events_table
-from report import count, divide, median, ratio, section, stat, table
+from narrative import text
+from report import count, median, ratio, section, stat, table
 
 DUCKDB_CONFIG = {"threads": 2, "memory_limit": "1GB"}
 USER_COLUMN_NAMES = {"events": [c["name"] for c in EVENT_COLUMNS], "users": [c["name"] for c in USER_COLUMNS]}
@@ -109,48 +110,45 @@ def run(bench: Bench) -> str:
                         f" TO '{scratch / f'j{rep}.parquet'}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 131072)")
             json_pq.append(rows / (time.perf_counter() - started))
     shutil.rmtree(scratch, ignore_errors=True)
-    bench.headline.update(pg_copy_plain=plain, pg_copy_bus=bus, duckdb_parquet_arrow=arrow_pq,
-                          duckdb_parquet_json=json_pq)
+    bench.results["ceilings"] = {"rows": rows, "pg_copy_plain": plain, "pg_copy_keys": bus,
+                                 "duckdb_parquet_arrow": arrow_pq, "duckdb_parquet_json": json_pq}
     return _markdown(bench, rows)
 
 
 def _markdown(bench: Bench, rows: int) -> str:
-    h = bench.headline
+    h = bench.results["ceilings"]
     per_s = lambda v: count(v) + " rows/s"  # noqa: E731
     lines = [
-        ["PostgreSQL COPY into a plain table (5 typed columns, no index)", stat(h["pg_copy_plain"], per_s)],
+        [f"PostgreSQL COPY into a plain table ({len(EVENT_COLUMNS)} typed columns, no index)",
+         stat(h["pg_copy_plain"], per_s)],
         ["PostgreSQL COPY into a copy of `ingest_key` (the per-record idempotency keys, with their indexes)",
-         stat(h["pg_copy_bus"], per_s)],
+         stat(h["pg_copy_keys"], per_s)],
         ["DuckDB: Arrow → Parquet (zstd)", stat(h["duckdb_parquet_arrow"], per_s)],
         ["DuckDB: NDJSON file → Parquet (zstd)", stat(h["duckdb_parquet_json"], per_s)],
     ]
-    return table(["ceiling", "rate"], lines) + (
-        f"\n{rows:,} rows (the same generated rows the ingest runs send), {bench.profile.reps} repetition(s),"
-        " one COPY (one transaction, 1 MiB writes) or one DuckDB statement each, timed from the first byte to the"
-        " commit / the closed file. The query ceiling (raw DuckDB over DuckMesh's own Parquet files) is in"
-        " the Query section, next to each DuckMesh figure.\n"
-    )
+    return table(["ceiling", "rate"], lines) + "\n" + text(
+        "ceilings", rows=count(rows), reps=str(bench.profile.reps), chunk_mib=f"{_CHUNK / 2**20:g}")
 
 
 def ratios(bench: Bench) -> str:
     """DuckMesh against each ceiling (called after ingest and query ran)."""
-    h = bench.headline
-    rate = h.get("max_rate", float("nan"))
-    drain = h.get("drain_1", [])
+    h = bench.results["ceilings"]
+    ingest = bench.results.get("ingest", {})
+    writers, batch = bench.profile.closed_loops[0]
+    entry = ingest.get(f"closed-{writers}x{batch}-1api")
+    rate = median([r["rate"] for r in entry["runs"]]) if entry else float("nan")
+    drain = bench.results.get("drain", {}).get("1", [])
+    label = f"HTTP ingest, {writers} writers × {batch}, 1 API (acknowledged rec/s)"
     rows = [
-        ["HTTP ingest, max sustained (acknowledged rec/s)", "PostgreSQL COPY, plain table",
-         stat(divide([rate] * len(h["pg_copy_plain"]), h["pg_copy_plain"]), ratio)],
-        ["HTTP ingest, max sustained (acknowledged rec/s)", "PostgreSQL COPY, bus-shaped table",
-         stat(divide([rate] * len(h["pg_copy_bus"]), h["pg_copy_bus"]), ratio)],
+        [label, "PostgreSQL COPY, plain table", ratio(rate / median(h["pg_copy_plain"]))],
+        [label, "PostgreSQL COPY, `ingest_key`-shaped table", ratio(rate / median(h["pg_copy_keys"]))],
         ["coordinator, 1 process (bus → visible Parquet, events/s)", "DuckDB NDJSON → Parquet",
-         ratio(median(drain) / median(h["duckdb_parquet_json"])) if drain else "n/a"],
+         ratio(median(drain) / median(h["duckdb_parquet_json"]))],
         ["coordinator, 1 process (bus → visible Parquet, events/s)", "DuckDB Arrow → Parquet",
-         ratio(median(drain) / median(h["duckdb_parquet_arrow"])) if drain else "n/a"],
+         ratio(median(drain) / median(h["duckdb_parquet_arrow"]))],
     ]
-    overhead = h.get("engine_overhead", {})
-    for (dataset, query), value in sorted(overhead.items()):
-        rows.append([f"query server time, {dataset} compacted, {query} (p50)", "raw DuckDB, same files (p50)",
-                     ratio(value)])
+    for name, value in sorted(bench.results.get("query", {}).get("overhead", {}).items()):
+        rows.append([f"query server time, {name} compacted (p50)", "raw DuckDB, same files (p50)", ratio(value)])
     return table(["DuckMesh", "ceiling", "DuckMesh / ceiling"], rows)
 
 

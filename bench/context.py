@@ -18,11 +18,17 @@ class Profile:
     ingest_seconds: float
     rates: tuple[int, ...] = (1_000, 5_000, 20_000)
     batch: int = 100
-    max_writers: int = 8  # closed loop: the maximum sustained rate
-    stretch_writers: int = 4
-    stretch_batch: int = 500
+    closed_loops: tuple[tuple[int, int], ...] = ((4, 500), (8, 100))  # (writers, records per request)
+    preencode_rate: float = 100_000.0  # closed loops encode bodies for this many rec/s before the clock starts
     probes_per_second: float = 15.0
-    drain_events: int = 60_000  # pre-loaded bus for the coordinator drain test
+    drain_events: int = 200_000  # pre-loaded bus for the coordinator drain test
+    lone_requests: int = 200  # lone writer with wait_for_visibility
+    lone_batch: int = 10
+    catalog_events: int = 200_000  # per variant, for the catalog size per million events
+    catalog_batch: int = 100
+    peer_rows: int = 100_000  # DuckLake and delta-rs, in batches of peer_batch
+    peer_batch: int = 500
+    peer_writers: tuple[int, ...] = (1, 4)
     baseline_rows: int = 200_000
     micro_rows: int = 1_000_000  # HTTP ingest, one file per coordinator claim
     micro_file_rows: int = 5_000
@@ -35,11 +41,12 @@ class Profile:
     drop_page_cache: bool = True
 
 
-FULL = Profile("full", reps=3, ingest_seconds=6.0, drain_events=40_000, gc_files=1_000)
+FULL = Profile("full", reps=3, ingest_seconds=6.0, gc_files=1_000)
 QUICK = Profile(
-    "quick", reps=1, ingest_seconds=1.0, drain_events=3_000, baseline_rows=10_000, micro_rows=20_000,
-    micro_file_rows=1_000, big_rows=100_000, big_chunks=8, warm_samples=3, compaction_reps=1, gc_files=40,
-    profile_seconds=2.0, drop_page_cache=False,
+    "quick", reps=1, ingest_seconds=0.5, preencode_rate=30_000.0, drain_events=4_000, lone_requests=10,
+    catalog_events=4_000, peer_rows=4_000, baseline_rows=10_000, micro_rows=20_000, micro_file_rows=1_000,
+    big_rows=100_000, big_chunks=8, warm_samples=3, compaction_reps=1, gc_files=20, profile_seconds=2.0,
+    drop_page_cache=False,
 )
 
 # Every process: maintenance loops parked (runs are triggered through the API so they can be
@@ -70,6 +77,9 @@ class Bench:
     headline: dict[str, Any] = field(default_factory=dict)  # figures the summary and service levels use
     tenants: dict[str, str] = field(default_factory=dict)  # name -> key
     bus_events: int = 0  # records accepted through HTTP ingest (for the catalog-size figure)
+    results: dict[str, Any] = field(default_factory=dict)  # every measurement, as plain JSON
+    parts: dict[str, str] = field(default_factory=dict)  # rendered Markdown that a later section places
+    segment_bus: bool = True  # the measured DuckMesh has the columnar segment bus (ADR 0008)
 
     def log(self, message: str) -> None:
         print(f"[{time.perf_counter() - self.started:7.1f}s] {message}", file=sys.stderr, flush=True)

@@ -65,6 +65,11 @@ def ingest_body(first: int, count: int, key_prefix: str = "e") -> bytes:
     return f'{{"records":[{records}]}}'.encode()
 
 
+def array_body(first: int, count: int) -> bytes:
+    """The same records as a bare JSON array of payloads (no per-record keys; op from the query string)."""
+    return ("[" + ",".join(event_json(i) for i in range(first, first + count)) + "]").encode()
+
+
 def user_body(first: int, count: int) -> bytes:
     records = ",".join(
         f'{{"idempotency_key":"u{u}","op":"insert","payload":{{"user_id":{u},"country":"{COUNTRIES[u % 20]}",'
@@ -99,6 +104,17 @@ def events_table(first: int, count: int) -> pa.Table:
     return table.cast(EVENTS_SCHEMA)
 
 
+PEER_EXTRA = (("op", pa.string()), ("event_time", pa.timestamp("us", tz="UTC")))
+
+
+def peer_table(first: int, count: int) -> pa.Table:
+    """The events rows plus the two attributes DuckMesh keeps with every record besides its payload
+    (op and event time), for the lake formats that write the same batches directly."""
+    table = events_table(first, count)
+    return table.append_column(PEER_EXTRA[0][0], pa.array(["insert"] * count, PEER_EXTRA[0][1])).append_column(
+        PEER_EXTRA[1][0], table.column("at"))
+
+
 def users_table(count: int = USERS) -> pa.Table:
     query = (f"SELECT u AS user_id, {_duckdb_list(COUNTRIES)}[u % 20 + 1] AS country,"
              f" {_duckdb_list(PLANS)}[u % 3 + 1] AS plan FROM range({count}) AS r(u)")
@@ -121,10 +137,3 @@ def events_csv(first: int, count: int) -> bytes:
         lines.append(f"{i}\t{_user(i)}\t{KINDS[i % 10]}\t{cents // 100}.{cents % 100:02d}\t"
                      f"2026-01-{day:02d} {hour:02d}:{minute:02d}:{second:02d}+00\n")
     return "".join(lines).encode()
-
-
-def bus_rows(first: int, count: int) -> bytes:
-    """The same rows shaped like the ingest bus: idempotency key, op, JSON payload, token (COPY text)."""
-    return "".join(
-        f"e{i}\tinsert\t{event_json(i)}\t{i + 1}\n" for i in range(first, first + count)
-    ).encode()

@@ -138,12 +138,31 @@ class Proc:
         return self.popen.returncode
 
 
+_CREATE_TENANT = """
+import asyncio, sys
+from duckmesh.catalog import tenants
+from duckmesh.catalog.db import CatalogPool
+from duckmesh.domain import Role
+
+async def create():
+    async with CatalogPool(sys.argv[1], max_size=1) as pool, pool.connection() as conn:
+        tenant = await tenants.create_tenant(conn, sys.argv[2])
+        _, secret = await tenants.create_key(conn, tenant.tenant_id, [Role(r) for r in sys.argv[3:]])
+        print(secret)
+
+asyncio.run(create())
+"""
+
+
 class Cluster:
     """The scratch database, the object store directory and the DuckMesh processes."""
 
-    def __init__(self, admin_dsn: str, keep: bool = False, source: Path | None = None, **settings: str) -> None:
+    def __init__(self, admin_dsn: str, keep: bool = False, source: Path | None = None, python: str | None = None,
+                 **settings: str) -> None:
         """``source``: a directory holding the ``duckmesh`` package that every process imports (a
-        snapshot of src/, so edits made to the work tree during a run do not reach it)."""
+        snapshot of src/, so edits made to the work tree during a run do not reach it). ``python``:
+        the interpreter of every DuckMesh process (default this one; a ``--baseline-ref`` run gives
+        the interpreter of a temporary environment where another commit is installed)."""
         check_local_dsn(admin_dsn)
         self.admin_dsn = admin_dsn
         self.db_name = f"duckmesh_bench_{uuid.uuid4().hex[:10]}"
@@ -153,6 +172,7 @@ class Cluster:
         self.keep = keep
         self.settings = {k.upper(): v for k, v in settings.items()}  # DUCKMESH_<NAME> for every process
         self.source = source
+        self.python = python or sys.executable
         self.procs: list[Proc] = []
         self.peak_rss: dict[str, int] = {}  # role -> highest VmHWM of any of its processes
         self.warnings: list[str] = []
@@ -176,7 +196,7 @@ class Cluster:
 
     def cli(self, *args: str) -> str:
         result = subprocess.run(
-            [sys.executable, "-m", "duckmesh", *args], env=self.env(), cwd=self.workdir,
+            [self.python, "-m", "duckmesh", *args], env=self.env(), cwd=self.workdir,
             capture_output=True, text=True, timeout=120, check=False,
         )
         if result.returncode != 0:
@@ -190,7 +210,14 @@ class Cluster:
 
     def create_tenant(self, name: str, roles: Iterable[str] = ALL_ROLES) -> str:
         """A tenant and an API key with ``roles``, through the catalog code the CLI uses (in-process:
-        one ``duckmesh tenant create`` + ``key create`` pair costs two interpreter starts)."""
+        one ``duckmesh tenant create`` + ``key create`` pair costs two interpreter starts; in the
+        measured interpreter when that is another one, whose duckmesh may differ from ours)."""
+        if self.python != sys.executable:
+            done = subprocess.run([self.python, "-c", _CREATE_TENANT, self.dsn, name, *roles], env=self.env(),
+                                  capture_output=True, text=True, timeout=120, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"creating tenant {name} failed:\n{done.stderr[-2000:]}")
+            return done.stdout.strip().splitlines()[-1]
         from duckmesh.catalog import tenants
         from duckmesh.catalog.db import CatalogPool
         from duckmesh.domain import Role
@@ -226,7 +253,7 @@ class Cluster:
         if python_path:
             env["PYTHONPATH"] = os.pathsep.join(p for p in (python_path, env.get("PYTHONPATH")) if p)
         popen = subprocess.Popen(
-            [sys.executable, "-m", "duckmesh", command], env=env, cwd=self.workdir,
+            [self.python, "-m", "duckmesh", command], env=env, cwd=self.workdir,
             stdin=subprocess.DEVNULL, stdout=out, stderr=err,
         )
         proc = Proc(name, command, popen, self.workdir / f"{stem}.stderr", addr, env, [out, err])

@@ -29,8 +29,12 @@ from context import Bench
 from data import EVENT_COLUMNS, ingest_body
 from harness import CpuMeter, Proc
 from ingest_suite import drain
+from narrative import text
 from report import count, pct, table
 
+SPY_HZ = 100
+WAIT_SAMPLE_S = 0.01
+PUBLISH_REPEATS = 40
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>.*?)(?::\d+)?\)$")
 
 
@@ -129,7 +133,7 @@ class WaitSampler:
                     what = (f"waiting: {kind}:{event}" if state == "active" and kind else
                             "running" if state == "active" else f"{state} ({kind}:{event})" if kind else state)
                     self.counts[(what, query.strip())] += 1
-                time.sleep(0.01)
+                time.sleep(WAIT_SAMPLE_S)
 
     def __enter__(self) -> WaitSampler:
         self._thread.start()
@@ -145,7 +149,7 @@ class WaitSampler:
         return table(["backend state", "statement", "share of non-idle samples"], rows)
 
 
-def publish_alone(dsn: str, key: str, batch: int, repeats: int = 40) -> float:
+def publish_alone(dsn: str, key: str, batch: int, repeats: int = PUBLISH_REPEATS) -> float:
     """Median seconds of the real ``PostgresBus.publish`` for one request of ``batch`` records
     with nothing else running (the length of the critical section without contention)."""
     from duckmesh.bus.base import NewSegment, encode_segment
@@ -191,7 +195,7 @@ def _profile_markdown(name: str, found: Profile) -> str:
 
 def _spy(spy: str, pid: int, output: Path, seconds: float) -> subprocess.Popen[bytes]:
     return subprocess.Popen([spy, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))), "--rate",
-                             "100", "--format", "raw", "--nonblocking", "--output", str(output)],
+                             str(SPY_HZ), "--format", "raw", "--nonblocking", "--output", str(output)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -216,7 +220,7 @@ def run(bench: Bench, out_dir: Path) -> str:
     with bench.api(key) as client:
         client.create_table("events", EVENT_COLUMNS)
     seconds = bench.profile.profile_seconds
-    writers, batch = bench.profile.max_writers, bench.profile.batch
+    writers, batch = bench.profile.closed_loops[-1]
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs = {"api": out_dir / "profile-api.txt", "coordinator": out_dir / "profile-coordinator.txt"}
     bench.log(f"profile: api under {writers} writers × {batch} for {seconds:.0f} s"
@@ -226,17 +230,19 @@ def run(bench: Bench, out_dir: Path) -> str:
     meter.start()
     with WaitSampler(cluster.dsn) as waits:
         result = asyncio.run(load.closed_loop([api.url], key, "events", writers, batch, seconds,
-                                              probes_per_second=0))
+                                              probes_per_second=0, rate_cap=bench.profile.preencode_rate))
     cpu = meter.stop()
     errors = [_finish(spying)] if spying else []
     asyncio.run(load.wait_drained(api.url, key))
     bench.bus_events += result.accepted
-    alone = {n: publish_alone(cluster.dsn, key, n) for n in (batch, bench.profile.stretch_batch)}
+    sizes = sorted({b for _, b in bench.profile.closed_loops})
+    alone = {n: publish_alone(cluster.dsn, key, n) for n in sizes}
     asyncio.run(load.wait_drained(api.url, key))  # the coordinator materializes those events too
-    bench.bus_events += 40 * (batch + bench.profile.stretch_batch)
+    bench.bus_events += PUBLISH_REPEATS * sum(sizes)
     per_request = result.requests / result.elapsed if result.elapsed else math.nan
-    bench.headline.update(profile_rate=result.rate, profile_cpu=cpu, profile_waits=waits.counts,
-                          publish_alone=alone, profile_requests_per_s=per_request)
+    bench.headline.update(profile_waits=waits.counts)
+    bench.results["profile"] = {"rate": result.rate, "cpu": cpu, "requests_per_s": per_request,
+                                "publish_alone": {str(n): v for n, v in alone.items()}}
     coordinator_md = ""
     if spy:
         bench.log("profile: coordinator during a drain")
@@ -246,31 +252,26 @@ def run(bench: Bench, out_dir: Path) -> str:
             return lambda: errors.append(_finish(spying, interrupt=True))
 
         rate = drain(bench, 1, bench.profile.drain_events, during=attach)
-        coordinator_md = (f"The coordinator drained a pre-loaded bus of {bench.profile.drain_events:,} events at"
-                          f" {count(rate)} events/s while sampled.\n")
+        coordinator_md = text("profile_drain", events=count(bench.profile.drain_events), rate=count(rate)) + "\n"
     cluster.scale("coordinator", 1)
     parts = [
-        f"**api under load.** Closed loop, {writers} writers × {batch} records, {seconds:.0f} s, one api and one"
-        f" coordinator: {count(result.rate)} rec/s acknowledged ({per_request:.0f} requests/s, i.e. one request"
-        f" every {1000 / per_request:.1f} ms); CPU over the window (% of one core): "
-        + ", ".join(f"{k} {pct(v)}" for k, v in sorted(cpu.items())) + ".\n",
-        "**Catalog backends during that load** (pg_stat_activity every 10 ms):\n\n" + waits.markdown(),
-        "**The ingest transaction alone** (the real `PostgresBus.publish`, called in-process one at a time, no"
-        " other load): " + ", ".join(f"{n} records {1000 * v:.1f} ms" for n, v in alone.items()) + ".\n",
+        text("profile_api", writers=str(writers), batch=str(batch), seconds=f"{seconds:g}", rate=count(result.rate),
+             requests=f"{per_request:.0f}", every=f"{1000 / per_request:.1f}",
+             cpu=", ".join(f"{k} {pct(v)}" for k, v in sorted(cpu.items()))) + "\n",
+        text("profile_waits", every=f"{WAIT_SAMPLE_S * 1000:g}") + "\n\n" + waits.markdown(),
+        text("profile_alone", alone=", ".join(f"{n} records {1000 * v:.1f} ms" for n, v in alone.items())) + "\n",
     ]
     if not spy:
-        parts.append("py-spy is not installed in this environment (`.venv/bin/pip install py-spy`), so no CPU"
-                     " profile was taken in this run.\n")
+        parts.append(text("profile_no_pyspy") + "\n")
         return "\n".join(parts)
     errors = [e for e in errors if e]
     if errors or not all(p.exists() for p in outputs.values()):
-        parts.append("py-spy failed: " + " / ".join(errors) + "\n")
+        parts.append(text("profile_pyspy_failed", errors=" / ".join(errors)) + "\n")
         return "\n".join(parts)
     profiles = {name: summarise(path) for name, path in outputs.items()}
     bench.headline["profiles"] = profiles
-    parts.append(f"py-spy at 100 Hz (non-blocking); raw collapsed stacks: `{outputs['api'].name}`,"
-                 f" `{outputs['coordinator'].name}` in `{out_dir.name}/` (bench/results/ for the committed report,"
-                 " gitignored).\n")
+    parts.append(text("profile_pyspy", hz=str(SPY_HZ), api=outputs["api"].name, coordinator=outputs["coordinator"].name,
+                      folder=out_dir.name) + "\n")
     parts.append(_profile_markdown("api, during the load above", profiles["api"]))
     parts.append(coordinator_md + "\n" + _profile_markdown("coordinator, during a drain", profiles["coordinator"]))
     return "\n".join(parts)

@@ -9,7 +9,6 @@
 - Freshness, the product's way: after an acknowledgement, a sampled write's token T goes into
   ``POST /v1/query`` with ``min_visibility_token=T`` and ``consistency_timeout_ms``; the time
   from the ack to that query's answer is write-to-visible, and the answer must contain the row.
-  (``LagPoller`` is the older ``GET /v1/lag`` method, kept for ``ingest_bench.py``.)
 
 Requests are spread round-robin over the API processes given.
 """
@@ -17,7 +16,6 @@ Requests are spread round-robin over the API processes given.
 from __future__ import annotations
 
 import asyncio
-import heapq
 import math
 import os
 import time
@@ -27,9 +25,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from data import ingest_body
+from data import array_body, ingest_body
 
 JSON = {"Content-Type": "application/json"}
+PROBE_TIMEOUT_MS = 3000  # the read-your-write probes' consistency_timeout_ms
+DRAIN_POLL_S = 0.01  # GET /v1/lag polling while waiting for the bus to drain
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -59,7 +59,13 @@ class LoadResult:
     max_token: int = 0
     client_cpu: float = 0.0
     drain_seconds: float = 0.0
-    unresolved: int = 0
+    built_live: int = 0  # closed loop: bodies encoded during the run (the pre-encoded ones ran out)
+
+    @property
+    def visible_rate(self) -> float:
+        """Records per second counted from the first send until every acknowledged record was visible."""
+        total = self.elapsed + self.drain_seconds
+        return self.accepted / total if total else 0.0
 
     @property
     def rate(self) -> float:
@@ -80,7 +86,7 @@ class Prober:
     """Read-your-write probes through the query barrier, at most ``per_second`` of them."""
 
     def __init__(self, client: Callable[[], httpx.AsyncClient], key: str, table: str, result: LoadResult,
-                 per_second: float, timeout_ms: int = 3000) -> None:
+                 per_second: float, timeout_ms: int = PROBE_TIMEOUT_MS) -> None:
         self.client = client
         self.headers = {"Authorization": f"Bearer {key}", **JSON}
         self.table = table
@@ -186,22 +192,52 @@ async def open_loop(urls: list[str], key: str, table: str, rate: float, batch: i
     return result
 
 
+@dataclass(frozen=True)
+class Form:
+    """How a closed-loop writer encodes its requests: ``{"records": [...]}`` with a per-record key
+    each (the only form every DuckMesh version accepts), or a bare array of payloads with one
+    ``Idempotency-Key`` header per request and no per-record keys."""
+
+    name: str = "records"
+    request_key: bool = False
+
+    def body(self, first: int, batch: int, prefix: str) -> bytes:
+        return array_body(first, batch) if self.name == "array" else ingest_body(first, batch, prefix)
+
+
+RECORDS = Form()
+ARRAY_WITH_REQUEST_KEY = Form("array", request_key=True)
+
+
 async def closed_loop(urls: list[str], key: str, table: str, writers: int, batch: int, seconds: float, *,
-                      first_id: int = 0, probes_per_second: float = 15.0) -> LoadResult:
-    """``writers`` concurrent writers, back to back, for ``seconds``."""
+                      first_id: int = 0, probes_per_second: float = 15.0, form: Form = RECORDS,
+                      rate_cap: float = 100_000.0) -> LoadResult:
+    """``writers`` concurrent writers, back to back, for ``seconds``.
+
+    Bodies are encoded before the clock starts, enough for ``rate_cap`` records/s; a writer that
+    runs past them encodes the rest as it goes (counted in ``built_live``: the client then spent
+    CPU on JSON that a faster server would have been spared)."""
     result = LoadResult()
     pool = clients(urls, max(writers, 4))
-    headers = {"Authorization": f"Bearer {key}", **JSON}
+    base = {"Authorization": f"Bearer {key}", **JSON}
     turn = iter(range(1 << 62))
     prober = Prober(lambda: pool[next(turn) % len(pool)], key, table, result, probes_per_second)
     span = 1 << 40  # id space per writer
+    ready = max(1, math.ceil(rate_cap * seconds / writers / batch))
+    bodies = [[form.body(first_id + w * span + n * batch, batch, f"w{w}-") for n in range(ready)]
+              for w in range(writers)]
 
     async def writer(index: int, deadline: float) -> None:
         client = pool[index % len(pool)]
         seq = 0
         while time.perf_counter() < deadline:
             first = first_id + index * span + seq * batch
-            body = ingest_body(first, batch, f"w{index}-")
+            if seq < ready:
+                body = bodies[index][seq]
+            else:
+                body = form.body(first, batch, f"w{index}-")
+                result.built_live += 1
+            headers = {**base, "Idempotency-Key": f"w{index}-{seq}"} if form.request_key else base
             sent = time.perf_counter()
             receipt = await _send(client, f"/v1/ingest/{table}", headers, body, result)
             acked = time.perf_counter()
@@ -221,8 +257,34 @@ async def closed_loop(urls: list[str], key: str, table: str, writers: int, batch
     return result
 
 
-async def wait_drained(url: str, key: str, timeout: float = 60.0) -> float:
-    """Poll ``GET /v1/lag`` until every issued token is visible; returns the seconds waited."""
+async def lone_writer(url: str, key: str, table: str, batch: int, requests: int, *, first_id: int = 0,
+                      pause: float = 0.05) -> LoadResult:
+    """One writer, ``requests`` requests of ``batch`` records each with ``wait_for_visibility`` in
+    the body (the JSON-object form, which every DuckMesh version accepts), one at a time with
+    ``pause`` seconds between them so the system is idle when each starts; ``ack`` holds the
+    request latencies (send -> visible receipt)."""
+    result = LoadResult()
+    headers = {"Authorization": f"Bearer {key}", **JSON}
+    bodies = [ingest_body(first_id + n * batch, batch, "lw")[:-1] + b',"wait_for_visibility":true}'
+              for n in range(requests)]
+    async with httpx.AsyncClient(base_url=url, trust_env=False, timeout=30.0) as client:
+        await client.get("/v1/health")  # the connection is open before the first timed request
+        started = time.perf_counter()
+        for body in bodies:
+            await asyncio.sleep(pause)
+            sent = time.perf_counter()
+            receipt = await _send(client, f"/v1/ingest/{table}", headers, body, result)
+            if receipt is not None:
+                if receipt.get("status") == "visible":
+                    result.ack.append(time.perf_counter() - sent)
+                else:
+                    result.errors[f"status:{receipt.get('status')}"] += 1
+        result.elapsed = time.perf_counter() - started
+    return result
+
+
+async def wait_drained(url: str, key: str, timeout: float = 120.0, poll: float = DRAIN_POLL_S) -> float:
+    """Poll ``GET /v1/lag`` every ``poll`` s until every issued token is visible; returns the seconds waited."""
     started = time.perf_counter()
     async with httpx.AsyncClient(base_url=url, trust_env=False, timeout=10.0) as client:
         while time.perf_counter() - started < timeout:
@@ -230,77 +292,5 @@ async def wait_drained(url: str, key: str, timeout: float = 60.0) -> float:
             response.raise_for_status()
             if response.json()["token_lag"] <= 0:
                 break
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(poll)
     return time.perf_counter() - started
-
-
-class LagPoller:
-    """Write-to-visible by polling ``GET /v1/lag``: one poller for every sampled write, every
-    ``interval`` s it reads the watermark and resolves each pending write whose token it covers
-    (the same as each write polling on its own, without multiplying the load)."""
-
-    def __init__(self, client: httpx.AsyncClient, key: str, result: LoadResult, interval: float) -> None:
-        self.client = client
-        self.headers = {"Authorization": f"Bearer {key}"}
-        self.result = result
-        self.interval = interval
-        self.pending: list[tuple[int, float, float]] = []  # (token, sent, acked)
-        self.watermark = 0
-
-    def add(self, token: int, sent: float, acked: float) -> None:
-        heapq.heappush(self.pending, (token, sent, acked))
-
-    async def run(self, writers_done: asyncio.Event, drain_timeout: float) -> None:
-        drain_started: float | None = None
-        while True:
-            now = time.perf_counter()
-            if drain_started is None and writers_done.is_set():
-                drain_started = now
-            if drain_started is not None and (not self.pending or now - drain_started > drain_timeout):
-                self.result.unresolved = len(self.pending)
-                self.result.drain_seconds = now - drain_started
-                return
-            try:
-                response = await self.client.get("/v1/lag", headers=self.headers)
-                response.raise_for_status()
-                self.watermark = int(response.json()["latest_visibility_token"])
-            except httpx.HTTPError as exc:
-                self.result.errors[f"lag:{type(exc).__name__}"] += 1
-            now = time.perf_counter()
-            while self.pending and self.pending[0][0] <= self.watermark:
-                _, sent, acked = heapq.heappop(self.pending)
-                self.result.visible_from_send.append(now - sent)
-                self.result.visible.append(now - acked)
-            await asyncio.sleep(self.interval)
-
-
-async def closed_loop_lag(url: str, key: str, table: str, writers: int, batch: int, seconds: float, *,
-                          lag_poll: float = 0.01, sample_every: int = 1, drain_timeout: float = 60.0) -> LoadResult:
-    """``closed_loop`` with write-to-visible from ``GET /v1/lag`` (the original ingest benchmark)."""
-    result = LoadResult()
-    headers = {"Authorization": f"Bearer {key}", **JSON}
-    async with httpx.AsyncClient(base_url=url, trust_env=False, timeout=30.0) as poll_client:
-        poller = LagPoller(poll_client, key, result, lag_poll)
-        done = asyncio.Event()
-        polling = asyncio.create_task(poller.run(done, drain_timeout))
-
-        async def writer(index: int, deadline: float) -> None:
-            async with httpx.AsyncClient(base_url=url, trust_env=False, timeout=30.0) as client:
-                seq = 0
-                while time.perf_counter() < deadline:
-                    body = ingest_body(index * (1 << 40) + seq * batch, batch, f"w{index}-")
-                    sent = time.perf_counter()
-                    receipt = await _send(client, f"/v1/ingest/{table}", headers, body, result)
-                    acked = time.perf_counter()
-                    if receipt is not None:
-                        result.ack.append(acked - sent)
-                        if seq % sample_every == 0:
-                            poller.add(int(receipt["max_visibility_token"]), sent, acked)
-                    seq += 1
-
-        started = time.perf_counter()
-        await asyncio.gather(*(writer(i, started + seconds) for i in range(writers)))
-        result.elapsed = time.perf_counter() - started
-        done.set()
-        await polling
-    return result

@@ -13,8 +13,10 @@ import time
 from context import GC_SAFETY_SECONDS, Bench
 from data import EVENT_COLUMNS, ingest_body
 from harness import Cluster
+from narrative import text
 from report import count, divide, mib, secs, stat, table
 
+GC_SCALE = 10_000  # GC time is reported per this many files
 CATALOG_TABLES_SQL = (
     "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
     " WHERE n.nspname = 'public' AND c.relkind = 'r' ORDER BY 2 DESC"
@@ -37,8 +39,10 @@ def _gc_rep(bench: Bench, rep: int) -> dict[str, float]:
     with bench.api(key) as api:
         api.create_table("events", EVENT_COLUMNS)
         started = time.perf_counter()
-        for first in range(0, files, 100):
-            api.ingest("events", ingest_body(first, min(100, files - first)))
+        # One record per request: a claim never splits a request (one segment), so with the claim
+        # size at one, each request becomes one file.
+        for first in range(files):
+            api.ingest("events", ingest_body(first, 1))
         api.wait_drained(timeout=900)
         create_s = time.perf_counter() - started
         live, dead = bench.cluster.query(
@@ -83,53 +87,39 @@ def run(bench: Bench) -> str:
     counts = {name: int(cluster.query(f"SELECT count(*) FROM {name}")[0][0])
               for name in ("ingest_segment", "ingest_key", "snapshot", "data_file", "file_live_range", "snapshot_file",
                            "query_audit", "admin_audit")}
-    bench.headline.update(gc_create_rate=[r["create_rate"] for r in reps], bus_live=[r["bus_live"] for r in reps],
-                          bus_dead=[r["bus_dead"] for r in reps])
-    bench.headline.update(gc_per_10k=divide([r["seconds"] * 10_000 for r in reps], [r["files"] for r in reps]),
-                          catalog_after=after, catalog_vacuumed=vacuumed)
+    bench.results["maintenance"] = {
+        "gc_per_10k_files_s": divide([r["seconds"] * GC_SCALE for r in reps], [r["files"] for r in reps]),
+        "gc_create_rate": [r["create_rate"] for r in reps], "bus_live": [r["bus_live"] for r in reps],
+        "bus_dead": [r["bus_dead"] for r in reps], "catalog_before": before, "catalog_after": after,
+        "catalog_vacuumed": vacuumed,
+    }
     return _markdown(bench, reps, totals, before, after, vacuumed, counts, len(tenants_before))
 
 
 def _markdown(bench: Bench, reps: list[dict[str, float]], totals: dict[str, float], before: dict[str, int],
               after: dict[str, int], vacuumed: dict[str, int], counts: dict[str, int], tenants: int) -> str:
+    per = f"{GC_SCALE // 1000}k"
     gc_rows = [[
-        f"{count(reps[0]['files'])} files (one-event files, after compaction)",
+        text("gc_row", files=count(reps[0]["files"])),
         stat([r["seconds"] for r in reps], secs),
-        stat(divide([r["seconds"] * 10_000 for r in reps], [r["files"] for r in reps]), secs),
+        stat(divide([r["seconds"] * GC_SCALE for r in reps], [r["files"] for r in reps]), secs),
         stat([r["compact_s"] for r in reps], secs),
     ]]
     if totals["files"]:
-        gc_rows.append([
-            f"all other tenants ({tenants} retention runs, {count(totals['files'])} files, {count(totals['events'])}"
-            " bus events)", secs(totals["seconds"]), "(mostly fixed cost per run)", "",
-        ])
-    events = max(bench.bus_events, 1)
-    per_million = 1_000_000 / events
-    empty = int(bench.headline.get("catalog_empty", 0))
+        gc_rows.append([text("gc_others", tenants=str(tenants), files=count(totals["files"]),
+                             events=count(totals["events"])), secs(totals["seconds"]), "", ""])
+    empty = int(bench.results.get("catalog_empty", 0))
     top = sorted((n for n in after if n != "(database)"), key=lambda n: -after[n])[:8]
-    size_rows = [[n, mib(before.get(n, 0)), mib(after.get(n, 0)), mib(vacuumed.get(n, 0)),
-                  mib(before.get(n, 0) * per_million), mib(vacuumed.get(n, 0) * per_million)] for n in top]
-    size_rows.append(["**whole catalog database, minus the freshly migrated one**", mib(before["(database)"] - empty),
-                      mib(after["(database)"] - empty), mib(vacuumed["(database)"] - empty),
-                      f"**{mib((before['(database)'] - empty) * per_million)}**",
-                      f"**{mib((vacuumed['(database)'] - empty) * per_million)}**"])
-    bench.headline["catalog_per_million"] = (max(before["(database)"] - empty, 0) * per_million,
-                                             max(vacuumed["(database)"] - empty, 0) * per_million)
+    size_rows = [[n, mib(before.get(n, 0)), mib(after.get(n, 0)), mib(vacuumed.get(n, 0))] for n in top]
+    size_rows.append([text("whole_catalog"), mib(before["(database)"] - empty), mib(after["(database)"] - empty),
+                      mib(vacuumed["(database)"] - empty)])
     return (
         "### Garbage collection\n\n"
-        + table(["GC run", "time", "time per 10k files", "compaction before it"], gc_rows)
-        + f"\nOne GC tenant per repetition: {bench.profile.gc_files:,} one-event files (coordinator claim size 1),"
-        " compacted into one file, then `POST /v1/retention/run` (client wall time; expires the old snapshots,"
-        " deletes the unreferenced files and their catalog rows, lists the tenant's objects for orphans and"
-        " deletes committed bus events). Per 10k files is scaled linearly from the measured count.\n\n"
-        "### Catalog size\n\n"
-        f"{count(bench.bus_events)} events went through the ingest bus in this run (backfilled rows do not);"
-        " sizes before and after retention (bus cleanup with `DUCKMESH_IDEMPOTENCY_WINDOW=PT0S`) on every tenant,"
-        " then after `VACUUM FULL` (what the rows really take: a DELETE only frees space for reuse):\n\n"
-        + table(["table", "before cleanup", "after cleanup", "after VACUUM FULL", "per million events, before",
-                 "per million events, after cleanup + VACUUM FULL"], size_rows)
-        + f"\nThe freshly migrated catalog database was {mib(empty)}; it is subtracted from the whole-database"
-        " figures.\n"
-        + "\nRows left after cleanup: " + ", ".join(f"{n} {count(v)}" for n, v in counts.items()) + ".\n"
+        + table(["GC run", "time", f"time per {per} files", "compaction before it"], gc_rows)
+        + "\n" + text("gc", files=count(bench.profile.gc_files), per=per) + "\n\n"
+        "### Catalog after the whole run\n\n"
+        + text("catalog_after_run", events=count(bench.bus_events)) + "\n\n"
+        + table(["table", "before cleanup", "after cleanup", "after VACUUM FULL"], size_rows)
+        + "\n" + text("catalog_empty", empty=mib(empty)) + "\n\n"
+        + text("rows_left", counts=", ".join(f"{n} {count(v)}" for n, v in counts.items())) + "\n"
     )
-

@@ -18,13 +18,15 @@ from dataclasses import dataclass, field
 
 import httpx
 import load
-from baselines import RawDuckDB
+from baselines import DUCKDB_CONFIG, RawDuckDB
 from context import Bench
 from data import EVENT_COLUMNS, USER_COLUMNS, USERS, events_table, ingest_body, parquet_bytes, user_body, users_table
 from harness import drop_page_cache
 from load import percentile
+from narrative import text
 from report import divide, median, mib, ms, ratio, stat, table
 
+WARMUP = 2  # runs of each query before the timed ones
 QUERIES = {
     "point filter": "SELECT id, user_id, kind, amount, \"at\" FROM events WHERE id = {point}",
     "group-by": "SELECT kind, count(*) AS n, sum(amount) AS total FROM events GROUP BY kind ORDER BY kind",
@@ -153,7 +155,7 @@ def measure_state(bench: Bench, data: Dataset, state: str) -> None:
     results: dict[str, Timings] = {name: Timings(files=len(files["events"])) for name in QUERIES}
     with bench.api(data.key) as api:
         for name in QUERIES:  # warm-up: DuckDB binds the views, the OS caches the files
-            for _ in range(2):
+            for _ in range(WARMUP):
                 api.query(_sql(name, data), row_limit=100)
                 raw.run(_sql(name, data))
         for _ in range(profile.reps):
@@ -250,28 +252,28 @@ def run(bench: Bench) -> tuple[str, str]:
 
 def _headline(bench: Bench, datasets: list[Dataset]) -> None:
     micro = datasets[0].states["compacted"]
-    bench.headline["query_p95_1m_compacted"] = max(median(t.client_p95) for t in micro.values())
-    bench.headline["query_p95_1m_worst"] = max(micro, key=lambda n: median(micro[n].client_p95))
-    overhead = {(d.name, n): median(divide(t.server_p50, t.raw_p50))
+    worst = max(micro, key=lambda n: median(micro[n].client_p95))
+    overhead = {f"{d.name}/{n}": median(divide(t.server_p50, t.raw_p50))
                 for d in datasets for n, t in d.states["compacted"].items()}
-    bench.headline["engine_overhead"] = overhead
-    bench.headline["query_fixed_ms"] = {(d.name, n): 1000 * (median(t.server_p50) - median(t.raw_p50))
-                                        for d in datasets for n, t in d.states["compacted"].items()}
-    bench.headline["micro_rows"] = datasets[0].load_rows
-    bench.headline["big_rows"] = datasets[1].load_rows
-    bench.headline["micro_load_rate"] = datasets[0].load_rows / datasets[0].load_seconds
-    bench.headline["backfill_rate"] = datasets[1].load_rows / datasets[1].load_seconds
+    bench.results["query"] = {
+        "micro_rows": datasets[0].load_rows, "big_rows": datasets[1].load_rows,
+        "client_p95_compacted_worst": median(micro[worst].client_p95), "client_p95_worst_query": worst,
+        "overhead": overhead,
+        "fixed_ms": {f"{d.name}/{n}": 1000 * (median(t.server_p50) - median(t.raw_p50))
+                     for d in datasets for n, t in d.states["compacted"].items()},
+        "micro_load_rate": datasets[0].load_rows / datasets[0].load_seconds,
+        "backfill_rate": datasets[1].load_rows / datasets[1].load_seconds,
+    }
     bench.headline["compaction"] = {d.name: d.compaction for d in datasets}
 
 
 def _query_md(bench: Bench, datasets: list[Dataset]) -> str:
     parts = []
     for data in datasets:
-        how = (f"{data.load_rows:,} rows ingested over HTTP in requests of {bench.profile.micro_file_rows:,}"
-               f" records, one file per coordinator claim ({data.load_rows / data.load_seconds:,.0f} rec/s"
-               " end to end, until visible)" if data.name == "micro" else
-               f"{data.load_rows:,} rows through the backfill API in {bench.profile.big_chunks} Parquet chunks"
-               f" ({data.load_rows / data.load_seconds:,.0f} rows/s)")
+        how = (text("dataset_micro", rows=f"{data.load_rows:,}", per_request=f"{bench.profile.micro_file_rows:,}",
+                    rate=f"{data.load_rows / data.load_seconds:,.0f}") if data.name == "micro" else
+               text("dataset_big", rows=f"{data.load_rows:,}", chunks=str(bench.profile.big_chunks),
+                    rate=f"{data.load_rows / data.load_seconds:,.0f}"))
         rows = []
         for state, results in data.states.items():
             for name, t in results.items():
@@ -288,14 +290,9 @@ def _query_md(bench: Bench, datasets: list[Dataset]) -> str:
     dropped = bench.headline.get("page_cache_dropped")
     parts.append(
         "Queries: " + "; ".join(f"**{n}** `{q.format(point='N/2+7')}`" for n, q in QUERIES.items()) + ".\n\n"
-        f"Warm: 2 warm-up runs per query, then {bench.profile.warm_samples} sequential runs per repetition"
-        " (p50/p95 of those), median [min–max] over the repetitions. Client = request sent → JSON parsed"
-        " (HTTP, auth, catalog look-ups, JSON encoding included); server = the response's `stats.duration_ms`;"
-        " raw DuckDB = the same SQL in this process over views on exactly the same Parquet files"
-        " (threads=2, memory_limit=1GB, as the api's engine), result fetched as Arrow. Cold: per repetition"
-        " a fresh api process, and before each query the OS page cache dropped"
-        f" ({'done' if dropped else 'not permitted or skipped in this mode'}); raw cold = a new DuckDB"
-        " connection per query after the same drop."
+        + text("query_method", warmup=str(WARMUP), samples=str(bench.profile.warm_samples),
+               config=", ".join(f"{k}={v}" for k, v in DUCKDB_CONFIG.items()),
+               dropped=text("cache_dropped" if dropped else "cache_kept"))
     )
     return "\n".join(parts)
 
@@ -313,9 +310,4 @@ def _compaction_md(datasets: list[Dataset]) -> str:
         ])
     return ("### Compaction\n\n" + table(
         ["dataset", "files", "input", "DuckMesh time", "DuckMesh", "raw DuckDB sorted", "raw DuckDB unsorted",
-         "vs sorted", "vs unsorted"], rows)
-        + "\nDuckMesh = `POST /v1/compaction/run` for `events` (plan, DuckDB merge sorted by event time and token,"
-        " upload, one publish), client wall time, input MiB/s; repeated by restoring the pre-compaction"
-        " snapshot between runs. Raw = `COPY (SELECT * FROM read_parquet(<the same files>) [ORDER BY"
-        " event time, token]) TO ... (FORMAT parquet, COMPRESSION zstd)` in this process, same DuckDB limits.\n")
-
+         "vs sorted", "vs unsorted"], rows) + "\n" + text("compaction") + "\n")

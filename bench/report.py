@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections.abc import Callable, Sequence
+from typing import Any
 
 # The report's sections, in order; the smoke test checks that each heading is present.
 SECTIONS = (
@@ -16,6 +18,8 @@ SECTIONS = (
     "Ingest",
     "Freshness",
     "Scale: coordinators",
+    "Catalog size",
+    "Peers: DuckLake and delta-rs",
     "Query",
     "Maintenance",
     "Resources",
@@ -24,16 +28,16 @@ SECTIONS = (
 )
 
 
-def clean(values: Sequence[float]) -> list[float]:
+def clean(values: Sequence[float | None]) -> list[float]:
     return [v for v in values if v is not None and not math.isnan(v)]
 
 
-def median(values: Sequence[float]) -> float:
+def median(values: Sequence[float | None]) -> float:
     found = clean(values)
     return statistics.median(found) if found else math.nan
 
 
-def stat(values: Sequence[float], fmt: Callable[[float], str], spread: bool = True) -> str:
+def stat(values: Sequence[float | None], fmt: Callable[[float], str], spread: bool = True) -> str:
     """``median [min–max]`` (just the value when there was one repetition)."""
     found = clean(values)
     if not found:
@@ -85,3 +89,18 @@ def section(title: str, *parts: str) -> str:
 def divide(a: Sequence[float], b: Sequence[float]) -> list[float]:
     """Element-wise a/b over repetitions (NaN where b is 0)."""
     return [x / y if y else math.nan for x, y in zip(a, b, strict=False)]
+
+
+def plain(value: Any) -> Any:
+    """``value`` with every NaN replaced by None (JSON has no NaN)."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
+def to_json(value: Any) -> str:
+    return json.dumps(plain(value), indent=1, sort_keys=True) + "\n"

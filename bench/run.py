@@ -3,10 +3,13 @@
     .venv/bin/python bench/run.py                  # full run -> bench/REPORT.md (about 20 minutes)
     .venv/bin/python bench/run.py --quick          # smoke run -> bench/results/REPORT-quick.md (about a minute)
     .venv/bin/python bench/run.py --quick --out /tmp/r.md
+    .venv/bin/python bench/run.py --baseline-ref f2afc3a   # "before": measure that commit -> bench/results/baseline-f2afc3a.json
 
 Starts a scratch database on the local PostgreSQL, a local-directory object store and the real
 processes (``duckmesh api``, ``coordinator``, ``compactor``), runs every section, stops everything,
-drops the database and writes the report. See bench/README.md for what each figure means.
+drops the database and writes the report, and beside it every measurement as JSON (REPORT.json).
+The report's "before" column is read from a committed ``--baseline-ref`` measurement file. See
+bench/README.md for what each figure means.
 """
 
 from __future__ import annotations
@@ -22,15 +25,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import analysis
+import baseline
 import baselines
+import bus_suite
 import experiments
 import hotspots
 import ingest_suite
 import maintenance_suite
+import peers
 import query_suite
+import targets
 from context import CLUSTER_SETTINGS, FULL, QUICK, Bench
 from harness import DEFAULT_DSN, HERE, RESULTS, Cluster, machine_info, snapshot_source
-from report import mib, section, table
+from narrative import text
+from report import section, table, to_json
+
+BASELINE_REF = "f2afc3a"  # the last commit before the segment bus (ADR 0008)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -40,17 +50,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dsn", default=DEFAULT_DSN,
                         help="PostgreSQL on this machine where a scratch database is created (and dropped)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch database and directory")
+    parser.add_argument("--baseline-ref", metavar="REF",
+                        help="measure the scenarios of the targets on commit REF instead (temporary worktree and venv)"
+                             " and write them to bench/results/baseline-REF.json (or --out); no report")
+    parser.add_argument("--baseline", type=Path, default=baseline.default_path(BASELINE_REF, FULL),
+                        help="the measurement file of the report's \"before\" column")
     return parser.parse_args(argv)
-
-
-def resources_md(cluster: Cluster) -> str:
-    rows = [[role, mib(size)] for role, size in sorted(cluster.peak_rss.items())]
-    return table(["process", "peak RSS (VmHWM)"], rows) + (
-        "\nThe highest VmHWM of any process of that role over the whole run (read from /proc just before each"
-        " process was stopped; api processes were restarted for cold-cache runs and scaled to two, coordinators"
-        " restarted with other claim sizes). The api's figure includes the DuckDB engine after the 10 M-row"
-        " queries (memory limit 1 GB per tenant database).\n"
-    )
 
 
 def guarded(title: str, render: Callable[[], str]) -> str:
@@ -62,9 +67,41 @@ def guarded(title: str, render: Callable[[], str]) -> str:
         return f"(the {title} section could not be rendered: {traceback.format_exc(limit=1).splitlines()[-1]})\n"
 
 
+def measure(bench: Bench, out: Path) -> dict[str, str]:
+    """Every section's measurements, in an order where each starts from what it needs: the bus
+    figures on the fresh catalog, the peers last (DuckMesh idle)."""
+    cluster = bench.cluster
+    parts: dict[str, str] = {}
+    bench.results["catalog_empty"] = maintenance_suite.database_size(cluster)
+    for command in ("api", "coordinator", "compactor"):
+        cluster.start(command, f"{command}-1" if command != "compactor" else command)
+    bench.log(f"cluster up: database {cluster.db_name}, objects under {cluster.objects}")
+    bus_suite.measure(bench)
+    base_md = baselines.run(bench)
+    ingest_suite.measure(bench)
+    # Raw profiles are never committed: next to a report written elsewhere, else under bench/results/.
+    parts["profile"] = hotspots.run(bench, RESULTS if out.parent.resolve() == HERE else out.parent)
+    query_md, compaction_md = query_suite.run(bench)
+    parts["experiments"] = experiments.run(bench, bench.tenants["q-micro"])
+    maintenance_md = maintenance_suite.run(bench)
+    if bench.profile.name == "quick":
+        parts["peers"] = peers.markdown(bench, skipped=text("peers_quick"))
+    else:
+        peers.measure(bench)
+        parts["peers"] = peers.markdown(bench)
+    parts["baselines"] = baselines.sections(base_md, guarded("ratios", lambda: baselines.ratios(bench)))
+    parts["catalog"] = bus_suite.sections(bench)  # first: it renders the lone writer for the Freshness section
+    parts["ingest"], parts["freshness"], parts["scale"] = ingest_suite.sections(bench)
+    parts["query"] = section("Query", query_md)
+    parts["maintenance"] = section("Maintenance", compaction_md, maintenance_md)
+    return parts
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     prof = QUICK if args.quick else FULL
+    if args.baseline_ref:
+        return baseline.run(args.baseline_ref, args.dsn, prof, args.out, args.keep)
     out: Path = args.out or (RESULTS / "REPORT-quick.md" if args.quick else HERE / "REPORT.md")
     began = time.perf_counter()
     started_at = datetime.now(UTC)
@@ -81,24 +118,9 @@ def main(argv: list[str] | None = None) -> int:
                        " uncommitted changes it had then)"))
     cluster = Cluster(args.dsn, keep=args.keep, source=source, **CLUSTER_SETTINGS)
     bench = Bench(cluster, prof)
-    parts: dict[str, str] = {}
     try:
         cluster.create_database()
-        bench.headline["catalog_empty"] = maintenance_suite.database_size(cluster)
-        for command in ("api", "coordinator", "compactor"):
-            cluster.start(command, f"{command}-1" if command != "compactor" else command)
-        bench.log(f"cluster up: database {cluster.db_name}, objects under {cluster.objects}")
-        base_md = baselines.run(bench)
-        ingest_md = ingest_suite.run(bench)
-        # Raw profiles are never committed: next to a report written elsewhere, else under bench/results/.
-        parts["profile"] = hotspots.run(bench, RESULTS if out.parent.resolve() == HERE else out.parent)
-        query_md, compaction_md = query_suite.run(bench)
-        parts["experiments"] = experiments.run(bench, bench.tenants["q-micro"])
-        maintenance_md = maintenance_suite.run(bench)
-        parts["baselines"] = baselines.sections(base_md, guarded("ratios", lambda: baselines.ratios(bench)))
-        parts["ingest"], parts["freshness"], parts["scale"] = ingest_suite.sections(ingest_md)
-        parts["query"] = section("Query", query_md)
-        parts["maintenance"] = section("Maintenance", compaction_md, maintenance_md)
+        parts = measure(bench, out)
     except Exception:
         traceback.print_exc()
         print("benchmark failed; see above", file=sys.stderr)
@@ -109,27 +131,31 @@ def main(argv: list[str] | None = None) -> int:
         cluster.close()
         shutil.rmtree(snapshot_dir, ignore_errors=True)
     elapsed = time.perf_counter() - began
-    text = "\n".join([
+    before = targets.load_baseline(args.baseline)
+    shown = str(args.baseline.resolve().relative_to(HERE.parent)) if args.baseline.resolve().is_relative_to(
+        HERE.parent) else str(args.baseline)
+    report = "\n".join([
         f"# DuckMesh benchmark report ({prof.name} run)\n",
-        f"Produced by `{'make bench-quick' if args.quick else 'make bench'}` (`bench/run.py"
-        f"{' --quick' if args.quick else ''}`) on {started_at:%Y-%m-%d %H:%M} UTC in {elapsed / 60:.1f} minutes."
-        " Every figure is the median of the repetitions with [min–max] unless it says otherwise.\n",
+        text("produced", command="make bench-quick" if args.quick else "make bench",
+             args=" --quick" if args.quick else "", when=f"{started_at:%Y-%m-%d %H:%M}",
+             minutes=f"{elapsed / 60:.1f}", json=out.with_suffix(".json").name) + "\n",
         section("Summary", guarded("summary", lambda: analysis.summary(bench))),
-        section("Service levels", guarded("service levels", lambda: analysis.service_levels(bench))),
+        section("Service levels", guarded("service levels", lambda: analysis.service_levels(bench, before, shown))),
         section("Machine and versions", table(["", ""], machine)),
         section("Method", analysis.method(bench)),
-        parts["baselines"], parts["ingest"], parts["freshness"], parts["scale"], parts["query"],
-        parts["maintenance"],
-        section("Resources", resources_md(cluster)),
+        parts["baselines"], parts["ingest"], parts["freshness"], parts["scale"], parts["catalog"], parts["peers"],
+        parts["query"], parts["maintenance"],
+        section("Resources", analysis.resources(cluster.peak_rss)),
         section("Profile", parts["profile"]),
         section("Bottlenecks and next steps",
                 guarded("bottlenecks", lambda: analysis.bottlenecks(bench, parts["experiments"]))),
-        section("Fixed in the first performance pass", (Path(__file__).parent / "PERF_PASS.md").read_text()),
         *(["Warnings during the run:\n\n" + "\n".join(f"- {w}" for w in cluster.warnings) + "\n"]
           if cluster.warnings else []),
     ])
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    out.write_text(report)
+    out.with_suffix(".json").write_text(to_json({"profile": prof.name, "started": started_at.isoformat(
+        timespec="seconds"), "machine": dict(machine), "results": bench.results}))
     bench.log(f"report written to {out} ({elapsed / 60:.1f} min)")
     return 0
 
