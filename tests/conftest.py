@@ -168,7 +168,7 @@ async def barrier(pool: CatalogPool, dsn: str) -> AsyncIterator[VisibilityBarrie
 def app_context(
     settings: Settings, pool: CatalogPool, bus: PostgresBus, store: RetryingObjectStore, barrier: VisibilityBarrier,
     tmp_path: Path,
-) -> AppContext:
+) -> Iterator[AppContext]:
     ingest = IngestService(
         pool, bus, max_records=settings.max_records_per_request, max_payload_bytes=settings.max_payload_bytes,
         wait_for_visibility=barrier.wait_for_ingest,
@@ -176,7 +176,8 @@ def app_context(
     settings = settings.model_copy(update={"cache_dir": tmp_path / "cache"})
     query = build_query_service(settings, pool, store, barrier)
     maintenance = build_maintenance_service(settings, pool, store)
-    return AppContext(settings, pool, bus, store, ingest, query, maintenance, BackfillService(pool, store))
+    yield AppContext(settings, pool, bus, store, ingest, query, maintenance, BackfillService(pool, store))
+    query.close()  # its worker processes
 
 
 @pytest.fixture

@@ -143,8 +143,14 @@ class Settings(BaseSettings):
     query_timeout_ms: int = Field(default=30_000, ge=10)
     query_memory_limit: str = "1GB"
     query_threads: int = Field(default=2, ge=1)
-    query_max_concurrency: int = Field(default=8, ge=1)
+    query_max_concurrency: int = Field(default=4, ge=1)
+    query_max_concurrency_per_tenant: int = Field(default=2, ge=1)
     query_queue_timeout_ms: int = Field(default=2_000, ge=0)
+    query_workers: int = Field(default=4, ge=1, le=256)
+    query_worker_max_memory_bytes: int | None = Field(default=None, ge=1024 * 1024)
+    query_max_result_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    query_max_sql_bytes: int = Field(default=256 * 1024, ge=1024)
+    query_max_spill_bytes: int = Field(default=4 * 1024**3, ge=1024 * 1024)
     max_consistency_timeout_ms: int = Field(default=60_000, ge=0)
     barrier_poll_interval_ms: int = Field(default=1_000, ge=10)
     cache_dir: Path | None = None
@@ -269,6 +275,14 @@ class Settings(BaseSettings):
     @property
     def resolved_cache_dir(self) -> Path:
         return (self.cache_dir or self.state_dir / "cache").resolve()
+
+    @property
+    def resolved_query_worker_max_memory_bytes(self) -> int:
+        """A query worker's address-space limit: twice DuckDB's memory limit (DuckDB reserves more
+        address space than it uses) plus 2 GiB for the interpreter, libraries and the encoded result."""
+        if self.query_worker_max_memory_bytes is not None:
+            return self.query_worker_max_memory_bytes
+        return 2 * parse_size(self.query_memory_limit) + 2 * 1024**3
 
     @property
     def flush_interval(self) -> float:

@@ -251,10 +251,15 @@ def test_a_nesting_bomb_is_refused_as_an_invalid_query_not_an_internal_error() -
 def test_the_verdict_cache_is_bounded_in_bytes() -> None:
     from duckmesh.query import sandbox
 
-    big = " OR ".join(f"id = {i}" for i in range(2000))
-    for n in range(200):
-        check(f"SELECT {n} FROM events WHERE {big}", TABLES)
-    assert sandbox._VERDICTS.size_bytes <= sandbox.CACHE_BYTES
+    cache = sandbox._VerdictCache(max_bytes=10_000)
+    for n in range(100):
+        sql = f"SELECT {n} FROM events WHERE name = '{'x' * 500}'"
+        cache.put((sql, frozenset(TABLES)), check(sql, TABLES), len(sql) * 2)
+    assert cache.size_bytes <= 10_000
+    huge = "SELECT 1 FROM events WHERE " + " OR ".join(f"id = {i}" for i in range(500))
+    cache.put((huge, frozenset()), check(huge, TABLES), len(huge) * 2)  # one entry never fills the cache
+    assert cache.get((huge, frozenset())) is None
+    assert sandbox._VERDICTS.max_bytes == sandbox.CACHE_BYTES
 
 
 def test_refusals_name_what_was_refused() -> None:

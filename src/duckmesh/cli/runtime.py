@@ -36,8 +36,9 @@ from duckmesh.maintenance.service import MaintenanceService
 from duckmesh.observability.logging import configure
 from duckmesh.query.assist import AssistConfig, QueryAssistant
 from duckmesh.query.barrier import VisibilityBarrier
-from duckmesh.query.engine import QueryEngine
+from duckmesh.query.engine import ExecutorConfig, QueryEngine
 from duckmesh.query.service import QueryLimits, QueryService
+from duckmesh.query.workers import WorkerLimits, WorkerPool
 from duckmesh.storage.base import ObjectStore
 from duckmesh.storage.cache import FileCache
 from duckmesh.storage.factory import open_object_store
@@ -119,14 +120,27 @@ def build_query_service(
     settings: Settings, pool: CatalogPool, store: ObjectStore, barrier: VisibilityBarrier
 ) -> QueryService:
     cache = FileCache(store, settings.resolved_cache_dir, settings.cache_max_bytes)
-    engine = QueryEngine(cache, memory_limit=settings.query_memory_limit, threads=settings.query_threads)
+    address_space = settings.resolved_query_worker_max_memory_bytes
+
+    def workers(config: ExecutorConfig) -> WorkerPool:
+        return WorkerPool(settings.query_workers, WorkerLimits(config, address_space))
+
+    per_tenant = settings.query_max_concurrency_per_tenant
+    engine = QueryEngine(
+        cache, memory_limit=settings.query_memory_limit, threads=settings.query_threads, cursors_per_tenant=1,
+        max_result_bytes=settings.query_max_result_bytes,
+        # A tenant's spill limit is shared by the queries it may run at once.
+        max_spill_bytes=max(settings.query_max_spill_bytes // per_tenant, 1024 * 1024), backend=workers,
+    )
     limits = QueryLimits(
         default_row_limit=settings.query_default_row_limit,
         max_row_limit=settings.query_max_row_limit,
         timeout=settings.query_timeout_ms / 1000,
         max_consistency_timeout=settings.max_consistency_timeout_ms / 1000,
-        max_concurrency=settings.query_max_concurrency,
+        max_concurrency=min(settings.query_max_concurrency, settings.query_workers),
+        max_concurrency_per_tenant=per_tenant,
         queue_timeout=settings.query_queue_timeout_ms / 1000,
+        max_sql_bytes=settings.query_max_sql_bytes,
     )
     return QueryService(pool, engine, barrier, limits)
 
@@ -204,6 +218,7 @@ async def open_runtime(settings: Settings, dsn: str, role: ProcessRole) -> Async
     await pool.open()
     listener = Listener(dsn, (INGEST_CHANNEL,)) if role.coordinates else None
     barrier = VisibilityBarrier(pool, dsn, poll_interval=settings.barrier_poll_interval_ms / 1000)
+    runtime: Runtime | None = None
     try:
         if listener is not None:
             await listener.start()
@@ -224,6 +239,8 @@ async def open_runtime(settings: Settings, dsn: str, role: ProcessRole) -> Async
             )
         yield runtime
     finally:
+        if runtime is not None and isinstance(runtime.web, AppContext):
+            runtime.web.query.close()
         await barrier.stop()
         if listener is not None:
             await listener.stop()
