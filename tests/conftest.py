@@ -165,10 +165,10 @@ async def barrier(pool: CatalogPool, dsn: str) -> AsyncIterator[VisibilityBarrie
 
 
 @pytest.fixture
-def app_context(
+async def app_context(
     settings: Settings, pool: CatalogPool, bus: PostgresBus, store: RetryingObjectStore, barrier: VisibilityBarrier,
-    tmp_path: Path,
-) -> Iterator[AppContext]:
+    tmp_path: Path, dsn: str,
+) -> AsyncIterator[AppContext]:
     ingest = IngestService(
         pool, bus, max_records=settings.max_records_per_request, max_payload_bytes=settings.max_payload_bytes,
         wait_for_visibility=barrier.wait_for_ingest,
@@ -176,7 +176,11 @@ def app_context(
     settings = settings.model_copy(update={"cache_dir": tmp_path / "cache"})
     query = build_query_service(settings, pool, store, barrier)
     maintenance = build_maintenance_service(settings, pool, store)
-    yield AppContext(settings, pool, bus, store, ingest, query, maintenance, BackfillService(pool, store))
+    keys = tenants.VerifiedKeys()
+    revocations = Listener(dsn, (tenants.KEYS_CHANNEL,), on_notify=keys.on_notify, on_connect=keys.clear)
+    await revocations.start()
+    yield AppContext(settings, pool, bus, store, ingest, query, maintenance, BackfillService(pool, store), keys=keys)
+    await revocations.stop()
     query.close()  # its worker processes
 
 

@@ -6,6 +6,7 @@ environment at import time.
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import timedelta
 from decimal import Decimal
@@ -47,6 +48,20 @@ _SIZE = re.compile(r"^\s*(?P<n>\d+(?:\.\d+)?)\s*(?:(?P<p>[kmgt])(?P<i>i)?(?P<b>b
 _SIZE_POWERS = {"k": 1, "m": 2, "g": 3, "t": 4}
 _PLAIN_NUMBER = re.compile(r"^\s*\d+(\.\d+)?\s*$")
 _TIMEDELTA = TypeAdapter(timedelta)
+
+
+MIN_KEY_LENGTH = 32
+MIN_KEY_BITS = 128
+
+
+def strong_key(key: str) -> bool:
+    """Long enough and varied enough to be random: an estimate of its entropy from the character
+    classes it uses, with too few distinct characters ruled out ("aaaa...", "abab...")."""
+    if len(key) < MIN_KEY_LENGTH or len(set(key)) < 12:
+        return False
+    classes = [any(c.islower() for c in key) * 26, any(c.isupper() for c in key) * 26,
+               any(c.isdigit() for c in key) * 10, any(not c.isalnum() for c in key) * 32]
+    return len(key) * math.log2(max(sum(classes), 2)) >= MIN_KEY_BITS
 
 
 def parse_duration(text: str) -> timedelta:
@@ -114,6 +129,8 @@ class Settings(BaseSettings):
     auth_required: bool = True
     bootstrap_tenant: str = Field(default="default", pattern=r"^[a-z_][a-z0-9_-]{0,62}$")
     bootstrap_api_key: str | None = None
+    # How long a process trusts a key it verified (revocations reach every process at once anyway).
+    auth_cache_seconds: float = Field(default=60.0, ge=0, le=3600)
     log_level: str = "INFO"
     log_format: Literal["json", "text", "auto"] = "auto"
     service_name: str = "duckmesh"
@@ -228,6 +245,12 @@ class Settings(BaseSettings):
     def _check_prod(self) -> Settings:
         if self.profile == "prod" and not self.catalog_dsn:
             raise ValueError("profile prod needs DUCKMESH_CATALOG_DSN (no embedded database in prod)")
+        if self.profile == "prod" and self.bootstrap_api_key is not None and not strong_key(self.bootstrap_api_key):
+            raise ValueError(
+                f"profile prod needs a strong DUCKMESH_BOOTSTRAP_API_KEY: at least {MIN_KEY_LENGTH} characters and"
+                f" about {MIN_KEY_BITS} bits of randomness (e.g. `openssl rand -hex 32`), or leave it unset and"
+                " use the key `duckmesh up` prints"
+            )
         if self.ai_translate_enabled and not (self.ai_base_url and self.ai_model):
             raise ValueError("DUCKMESH_AI_TRANSLATE_ENABLED needs DUCKMESH_AI_BASE_URL and DUCKMESH_AI_MODEL")
         return self

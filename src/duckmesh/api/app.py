@@ -5,16 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from starlette.routing import BaseRoute
 
 from duckmesh import __version__
 from duckmesh.api import console, docs, errors, openapi
 from duckmesh.api.context import AppContext, OpsContext
-from duckmesh.api.middleware import RequestContextMiddleware
+from duckmesh.api.middleware import AuthGate, RequestContextMiddleware
 from duckmesh.api.routers import (
     assist,
     backfill,
     dead_letters,
     ingest,
+    keys,
     maintenance,
     ops,
     probes,
@@ -33,15 +36,26 @@ def create_app(ctx: AppContext | OpsContext) -> FastAPI:
     docs.install(app)
     if isinstance(ctx, AppContext):
         console.install(app)
-    data_routers = (ingest, query, assist, tables, backfill, snapshots, maintenance, dead_letters, ops)
+    data_routers = (ingest, query, assist, tables, backfill, snapshots, maintenance, dead_letters, ops, keys)
     for module in (*data_routers, probes) if isinstance(ctx, AppContext) else (probes,):
         app.include_router(module.router)
+    # GET /v1/tables/ answers 404 JSON, never a redirect built from the Host header.
+    app.router.redirect_slashes = False
+    routes = [route for route in app.routes if isinstance(route, APIRoute)]
+    protected: list[BaseRoute] = [route for route in routes if route.path not in PUBLIC_PATHS]
+    large: list[BaseRoute] = [route for route in routes if route.path == backfill.ROUTE]
+    app.add_middleware(AuthGate, protected=protected)
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=ctx.settings.max_body_bytes,
         max_backfill_bytes=ctx.settings.max_backfill_bytes,
+        large_body_routes=large,
     )
     return app
+
+
+# Routes that need no key (probes and scrapers).
+PUBLIC_PATHS = frozenset({"/v1/health", "/v1/ready", "/v1/metrics"})
 
 
 class _DuckMeshApi(FastAPI):

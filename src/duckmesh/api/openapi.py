@@ -210,6 +210,31 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
          "latest_issued_token": 1234, "latest_visibility_token": 1234, "token_lag": 0, "latest_snapshot_id": 88,
          "latest_snapshot_time": "2026-01-01T10:00:01.204+00:00", "tables": {}},
     ),
+    ("post", "/v1/keys"): Operation(
+        "Create an API key (ops_admin)",
+        "A new key of the caller's tenant with the given roles and an optional `expires_at` (RFC 3339). The"
+        " secret (`key`) is in this answer only; the catalog keeps a salted hash. Audited as `key.create`.",
+        {"roles": ["ingest_writer", "query_reader"], "expires_at": "2026-12-31T00:00:00Z"},
+        {"key_id": "3f2a9c0d1e4b5a69", "tenant_id": 1, "roles": ["ingest_writer", "query_reader"],
+         "created_at": "2026-01-01T10:00:00+00:00", "expires_at": "2026-12-31T00:00:00+00:00", "revoked_at": None,
+         "last_used_at": None, "key": "dm_3f2a9c0d1e4b5a69_k1Zr0...shown-once"},
+    ),
+    ("get", "/v1/keys"): Operation(
+        "List API keys (ops_admin)",
+        "Every key of the caller's tenant with its roles, creation, expiry, revocation and last use (about a"
+        " minute precise); never a secret.", None,
+        {"keys": [{"key_id": "3f2a9c0d1e4b5a69", "tenant_id": 1, "roles": ["query_reader"],
+                   "created_at": "2026-01-01T10:00:00+00:00", "expires_at": None, "revoked_at": None,
+                   "last_used_at": "2026-01-02T08:15:00+00:00"}]},
+    ),
+    ("delete", "/v1/keys/{key_id}"): Operation(
+        "Revoke an API key (ops_admin)",
+        "Revokes a key of the caller's tenant; every server refuses it from its next request (revocations are"
+        " broadcast to the servers' key caches). Audited as `key.revoke`; revoked keys never come back.", None,
+        {"key_id": "3f2a9c0d1e4b5a69", "tenant_id": 1, "roles": ["query_reader"],
+         "created_at": "2026-01-01T10:00:00+00:00", "expires_at": None, "revoked_at": "2026-01-03T09:00:00+00:00",
+         "last_used_at": "2026-01-02T08:15:00+00:00"},
+    ),
     ("get", "/v1/audit"): Operation(
         "Audit trail (ops_admin)", "Admin and security-relevant actions of the tenant, newest first.", None,
         {"entries": [{"audit_id": 17, "action": "table.create", "object_type": "table", "object_id": "3",

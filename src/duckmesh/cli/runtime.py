@@ -24,6 +24,7 @@ from duckmesh.api.context import AppContext, OpsContext
 from duckmesh.bus.postgres import PostgresBus
 from duckmesh.catalog.db import CatalogPool, embedded_dsn
 from duckmesh.catalog.notify import INGEST_CHANNEL, Listener
+from duckmesh.catalog.tenants import KEYS_CHANNEL, VerifiedKeys
 from duckmesh.config import Settings
 from duckmesh.coordinator.worker import Coordinator, CoordinatorConfig
 from duckmesh.errors import DuckMeshError, RemoteError
@@ -219,6 +220,7 @@ async def open_runtime(settings: Settings, dsn: str, role: ProcessRole) -> Async
     listener = Listener(dsn, (INGEST_CHANNEL,)) if role.coordinates else None
     barrier = VisibilityBarrier(pool, dsn, poll_interval=settings.barrier_poll_interval_ms / 1000)
     runtime: Runtime | None = None
+    revocations: Listener | None = None
     try:
         if listener is not None:
             await listener.start()
@@ -231,16 +233,21 @@ async def open_runtime(settings: Settings, dsn: str, role: ProcessRole) -> Async
             runtime.maintenance = build_maintenance_service(settings, pool, store)
         if role.serves_api and runtime.maintenance is not None:
             await barrier.start()
+            keys = VerifiedKeys(ttl=settings.auth_cache_seconds)
+            revocations = Listener(dsn, (KEYS_CHANNEL,), on_notify=keys.on_notify, on_connect=keys.clear)
+            await revocations.start()
             runtime.web = AppContext(
                 settings, pool, bus, store, build_ingest_service(settings, pool, bus, barrier),
                 build_query_service(settings, pool, store, barrier), runtime.maintenance,
                 BackfillService(pool, store, lease_seconds=settings.backfill_lease_seconds),
-                assist=build_query_assist(settings),
+                assist=build_query_assist(settings), keys=keys,
             )
         yield runtime
     finally:
         if runtime is not None and isinstance(runtime.web, AppContext):
             runtime.web.query.close()
+        if revocations is not None:
+            await revocations.stop()
         await barrier.stop()
         if listener is not None:
             await listener.stop()

@@ -14,7 +14,7 @@ import uvicorn
 
 from duckmesh.api.app import create_app
 from duckmesh.bus.operations import lag_by_tenant
-from duckmesh.catalog import migrate, tenants
+from duckmesh.catalog import keys, migrate, tenants
 from duckmesh.catalog.db import redact_dsn
 from duckmesh.cli.runtime import ProcessRole, Runtime, catalog_dsn, cli_errors, load_settings, open_runtime
 from duckmesh.config import Settings
@@ -99,17 +99,22 @@ async def _serve(runtime: Runtime, sock: socket.socket) -> None:
 
 
 async def _bootstrap(runtime: Runtime) -> None:
-    """Ensure the bootstrap tenant has a key and print how to use it (once)."""
+    """Ensure the bootstrap tenant has a key and print how to use it (once). Only ever creates a
+    key (audited, actor ``bootstrap``): a revoked bootstrap key stays revoked."""
     settings = runtime.settings
     async with runtime.pool.connection() as conn:
         tenant = await tenants.ensure_tenant(conn, settings.bootstrap_tenant)
+        secret = None
         if settings.bootstrap_api_key:
-            await tenants.create_key(conn, tenant.tenant_id, ALL_ROLES, settings.bootstrap_api_key)
-            secret = None
-        elif any(k.revoked_at is None for k in await tenants.list_keys(conn, tenant.tenant_id)):
-            secret = None
-        else:
-            _, secret = await tenants.create_key(conn, tenant.tenant_id, ALL_ROLES)
+            existing = await tenants.find_key(conn, tenant.tenant_id, settings.bootstrap_api_key)
+            if existing is None:
+                await keys.create(conn, tenant.tenant_id, ALL_ROLES, key=settings.bootstrap_api_key, actor="bootstrap")
+            elif existing.revoked_at is not None:
+                log.warning("bootstrap_key_revoked", extra={
+                    "key_id": existing.key_id, "hint": "DUCKMESH_BOOTSTRAP_API_KEY names a revoked key; it stays"
+                    " revoked: unset it or set a new key"})
+        elif not any(k.revoked_at is None for k in await tenants.list_keys(conn, tenant.tenant_id)):
+            _, secret = await keys.create(conn, tenant.tenant_id, ALL_ROLES, actor="bootstrap")
     base = f"http://{settings.http_addr}"
     lines = [f"DuckMesh is up on {base}  (tenant: {tenant.name})", f"  web console: {base}/   API docs: {base}/docs"]
     if secret:
