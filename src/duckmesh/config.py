@@ -141,6 +141,8 @@ class Settings(BaseSettings):
     max_records_per_request: int = Field(default=10_000, ge=1)
     max_payload_bytes: int = Field(default=1024 * 1024, ge=64)
     max_backfill_bytes: int = Field(default=2 * 1024**3, ge=1024)
+    max_backfill_rows: int = Field(default=10_000_000, ge=1)
+    max_backfill_decoded_bytes: int = Field(default=1024**3, ge=1024 * 1024)
     ingest_rate_limit: float = Field(default=0.0, ge=0)
     max_pending_events_per_tenant: int = Field(default=5_000_000, ge=0)
     backfill_lease_seconds: float = Field(default=60.0, gt=0)

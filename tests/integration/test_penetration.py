@@ -5,6 +5,8 @@ beside it (tests/unit/test_sandbox.py, tests/integration/test_sandbox_contained.
 from __future__ import annotations
 
 import asyncio
+import datetime
+import io
 import os
 import subprocess
 import sys
@@ -13,10 +15,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from duckmesh.api.context import AppContext
 from duckmesh.cli.runtime import build_query_service
+from duckmesh.ingest.backfill import BackfillLimits
 from duckmesh.query import confine, sandbox
 from duckmesh.query.service import QueryService
 from duckmesh.query.workers import WorkerPool
@@ -251,3 +256,140 @@ async def test_a_sort_larger_than_memory_spills_and_a_spill_overrun_names_no_ser
     assert overrun.status_code == 400, overrun.text
     assert overrun.json()["error_code"] in {"QUERY_RESOURCE_LIMIT", "QUERY_INVALID"}
     assert str(spill_root) not in overrun.text and str(app_context.settings.resolved_cache_dir) not in overrun.text
+
+
+# finding 2: no body is read before the key is checked; body limits by route ----------------------
+
+
+async def asgi_post(app: Any, path: str, headers: list[tuple[bytes, bytes]], chunks: int) -> tuple[int, int]:
+    """POST a chunked body of ``chunks`` MiB straight to the ASGI app: (status, MiB the app read)."""
+    pulled = 0
+    status = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal pulled
+        if pulled < chunks:
+            pulled += 1
+            return {"type": "http.request", "body": b"x" * 1024 * 1024, "more_body": pulled < chunks}
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    raw_path, _, query = path.partition("?")
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": raw_path, "raw_path": raw_path.encode(), "query_string": query.encode(), "root_path": "",
+             "headers": [(b"content-type", b"application/json"), *headers], "server": ("testserver", 80),
+             "client": ("127.0.0.1", 5000)}
+    await app(scope, receive, send)
+    return status, pulled
+
+
+async def test_a_keyless_76_mb_body_is_refused_before_any_of_it_is_read(app_context: AppContext) -> None:
+    from duckmesh.api.app import create_app
+
+    app = create_app(app_context)
+    for path in ("/v1/ingest/backfill", "/v1/tables/backfill/backfill?backfill_id=b1",
+                 "/v1/tables/events/backfill?backfill_id=b1", "/v1/query"):
+        for headers in ([], [(b"authorization", b"Bearer dm_0123456789abcdef_not-a-real-key-at-all")]):
+            status, pulled = await asgi_post(app, path, headers, chunks=76)
+            assert (status, pulled) == (401, 0), path
+
+
+async def test_body_limits_follow_the_route_not_the_path_suffix(app_context: AppContext, make_key: KeyMaker) -> None:
+    from duckmesh.api.app import create_app
+
+    key = (await make_key())["Authorization"].encode()
+    app = create_app(app_context)
+    status, pulled = await asgi_post(app, "/v1/ingest/backfill", [(b"authorization", key)], chunks=76)
+    limit_mib = app_context.settings.max_body_bytes // 1024**2
+    assert status == 413 and pulled <= limit_mib + 1  # the ingest limit, though the path ends in /backfill
+
+
+async def test_a_chunked_body_over_the_limit_is_413_with_the_error_body(client: Any, make_key: KeyMaker) -> None:
+    headers = await make_key()
+
+    async def chunked() -> AsyncIterator[bytes]:
+        for _ in range(20):
+            yield b" " * 1024 * 1024
+
+    response = await client.post("/v1/ingest/events", headers=headers, content=chunked())
+    assert response.status_code == 413, response.text
+    body = response.json()
+    assert set(body) == ERROR_KEYS and body["error_code"] == "PAYLOAD_TOO_LARGE" and body["context"]["max_body_bytes"]
+
+
+# finding 5: backfill decompression bomb, strict Parquet values ----------------------------------
+
+
+def parquet_bytes(table: pa.Table, **options: Any) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink, **options)
+    return sink.getvalue()
+
+
+async def backfill(client: Any, headers: dict[str, str], body: bytes, backfill_id: str = "b1") -> Any:
+    return await client.post(f"/v1/tables/events/backfill?backfill_id={backfill_id}", content=body,
+                             headers={**headers, "Content-Type": "application/vnd.apache.parquet"})
+
+
+async def test_a_parquet_decompression_bomb_is_refused_without_decoding_it(
+    ctx: Ctx, app_context: AppContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, headers, _ = ctx
+    await create_table(client, headers, columns=[{"name": "id", "type": "int64"}, {"name": "name", "type": "string"}])
+    monkeypatch.setattr(app_context.backfill, "limits", BackfillLimits(max_rows=1_000_000, max_decoded_bytes=64 * 1024**2))
+    # ~50 KB on the wire, about 1 GB once decoded: one long string repeated
+    bomb = pa.table({"id": pa.array(range(1000), pa.int64()), "name": pa.array(["x" * 1_000_000] * 1000)})
+    body = parquet_bytes(bomb, compression="zstd", use_dictionary=True)
+    assert len(body) < 2_000_000
+    before = rss_bytes()
+    response = await backfill(client, headers, body)
+    assert response.status_code == 413, response.text
+    assert response.json()["error_code"] == "PAYLOAD_TOO_LARGE"
+    assert rss_bytes() - before < 200 * 1024**2
+    rows = pa.table({"id": pa.array(range(2_000_000), pa.int64())})
+    assert (await backfill(client, headers, parquet_bytes(rows), "b2")).status_code == 413  # too many rows
+
+
+async def test_parquet_values_are_checked_as_strictly_as_json_payloads(ctx: Ctx, pool: Any) -> None:
+    client, headers, _ = ctx
+    await create_table(client, headers, columns=[
+        {"name": "id", "type": "int64"}, {"name": "doc", "type": "json"}, {"name": "day", "type": "date"},
+        {"name": "at", "type": "timestamp"}, {"name": "ok", "type": "boolean"}])
+    good = {"id": pa.array([1], pa.int64()), "doc": pa.array(['{"b": 1, "a": 2}']),
+            "day": pa.array([datetime.date(2024, 5, 1)]), "at": pa.array([datetime.datetime(2024, 5, 1)], pa.timestamp("us")),
+            "ok": pa.array([True])}
+    bad_cases = {
+        "doc": pa.array(["{not json"]),
+        "day": pa.array([2_932_897 + 3_650_000], pa.int32()).cast(pa.date32()),  # about year 20000
+        "at": pa.array([253_402_300_800_000_000], pa.int64()).cast(pa.timestamp("us")),  # 10000-01-01
+        "ok": pa.array(["yes"]),  # text is not a boolean
+        "id": pa.array(["12"]),  # nor a number
+    }
+    for n, (column, values) in enumerate(bad_cases.items()):
+        response = await backfill(client, headers, parquet_bytes(pa.table({**good, column: values})), f"bad{n}")
+        assert response.status_code == 400, (column, response.text)
+        assert response.json()["error_code"] == "VALIDATION_FAILED", column
+    stored = await backfill(client, headers, parquet_bytes(pa.table(good)), "good")
+    assert stored.status_code == 200, stored.text
+    rows = (await q(client, headers, "SELECT id, doc::VARCHAR, day, ok FROM events")).json()["rows"]
+    assert rows == [[1, '{"a":2,"b":1}', "2024-05-01", True]]  # nothing of the refused files, JSON canonical
+
+
+async def test_an_ndjson_backfill_past_its_decoded_limit_is_refused(
+    ctx: Ctx, app_context: AppContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, headers, _ = ctx
+    await create_table(client, headers, columns=[{"name": "id", "type": "int64"}])
+    monkeypatch.setattr(app_context.backfill, "limits", BackfillLimits(max_rows=100, max_line_bytes=1024))
+    many = b"".join(b'{"id": %d}\n' % i for i in range(101))
+    response = await client.post("/v1/tables/events/backfill?backfill_id=n1", content=many,
+                                 headers={**headers, "Content-Type": "application/x-ndjson"})
+    assert response.status_code == 413, response.text
+    long_line = b'{"id": 1, "pad": "' + b"x" * 5000 + b'"}\n'
+    response = await client.post("/v1/tables/events/backfill?backfill_id=n2", content=long_line,
+                                 headers={**headers, "Content-Type": "application/x-ndjson"})
+    assert response.status_code == 413, response.text

@@ -41,7 +41,7 @@ def create_app(ctx: AppContext | OpsContext) -> FastAPI:
         app.include_router(module.router)
     # GET /v1/tables/ answers 404 JSON, never a redirect built from the Host header.
     app.router.redirect_slashes = False
-    routes = [route for route in app.routes if isinstance(route, APIRoute)]
+    routes = _api_routes(app.routes)
     protected: list[BaseRoute] = [route for route in routes if route.path not in PUBLIC_PATHS]
     large: list[BaseRoute] = [route for route in routes if route.path == backfill.ROUTE]
     app.add_middleware(AuthGate, protected=protected)
@@ -52,6 +52,17 @@ def create_app(ctx: AppContext | OpsContext) -> FastAPI:
         large_body_routes=large,
     )
     return app
+
+
+def _api_routes(routes: list[BaseRoute]) -> list[APIRoute]:
+    """Every endpoint, looking inside included routers."""
+    found: list[APIRoute] = []
+    for route in routes:
+        if isinstance(route, APIRoute):
+            found.append(route)
+        elif hasattr(route, "original_router"):
+            found += _api_routes(route.original_router.routes)
+    return found
 
 
 # Routes that need no key (probes and scrapers).

@@ -24,7 +24,7 @@ _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}
 
 def _incoming_trace_id(headers: dict[bytes, bytes]) -> str | None:
     given = headers.get(b"x-trace-id", b"").decode("latin-1").strip()
-    if given and _TRACE_ID.match(given):
+    if given and _TRACE_ID.fullmatch(given):
         return given
     parent = _TRACEPARENT.match(headers.get(b"traceparent", b"").decode("latin-1").strip())
     return parent.group(1) if parent else None

@@ -28,7 +28,7 @@ from duckmesh.catalog.tenants import KEYS_CHANNEL, VerifiedKeys
 from duckmesh.config import Settings
 from duckmesh.coordinator.worker import Coordinator, CoordinatorConfig
 from duckmesh.errors import DuckMeshError, RemoteError
-from duckmesh.ingest.backfill import BackfillService
+from duckmesh.ingest.backfill import BackfillLimits, BackfillService
 from duckmesh.ingest.backpressure import Admission
 from duckmesh.ingest.service import IngestService
 from duckmesh.maintenance.compaction import CompactionPolicy
@@ -239,7 +239,8 @@ async def open_runtime(settings: Settings, dsn: str, role: ProcessRole) -> Async
             runtime.web = AppContext(
                 settings, pool, bus, store, build_ingest_service(settings, pool, bus, barrier),
                 build_query_service(settings, pool, store, barrier), runtime.maintenance,
-                BackfillService(pool, store, lease_seconds=settings.backfill_lease_seconds),
+                BackfillService(pool, store, lease_seconds=settings.backfill_lease_seconds, limits=BackfillLimits(
+                    settings.max_backfill_rows, settings.max_backfill_decoded_bytes, settings.max_payload_bytes)),
                 assist=build_query_assist(settings), keys=keys,
             )
         yield runtime

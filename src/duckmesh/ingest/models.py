@@ -8,16 +8,17 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class IngestRecord(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    idempotency_key: str = Field(min_length=1, max_length=512)
+    idempotency_key: str = Field(min_length=1, max_length=512, pattern=r"^[^\x00]*$")
     op: str = "insert"
     payload: Any = None
     event_time: str | None = None
 
 
 class IngestRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: "yes" is not a boolean and "5" not a number here
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     records: list[IngestRecord] = Field(default_factory=list)
     wait_for_visibility: bool = False

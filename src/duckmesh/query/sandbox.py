@@ -245,7 +245,7 @@ def _check_table(node: exp.Table, allowed: frozenset[str], ctes: set[str]) -> se
     if name in ctes:
         return set()
     if name not in allowed:
-        if _SYSTEM_NAMES.match(name) or not _PLAIN_NAME.match(name):
+        if _SYSTEM_NAMES.match(name) or not _PLAIN_NAME.fullmatch(name):
             raise SqlNotAllowed(f"unknown table {target.this!r}", table=str(target.this))
         raise _table_not_found(str(target.this), allowed)
     return {name}

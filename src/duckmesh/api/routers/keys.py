@@ -25,7 +25,7 @@ KeyId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-
 class CreateKey(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    roles: list[Role] = Field(min_length=1, max_length=4)
+    roles: list[Annotated[Role, Field(strict=False)]] = Field(min_length=1, max_length=4)  # enum values from JSON
     expires_at: datetime | None = Field(default=None, strict=False)
 
 
