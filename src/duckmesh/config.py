@@ -111,6 +111,15 @@ def _in_field_unit(name: str, annotation: Any, text: str) -> Any:
     return text
 
 
+def _listen_addr(value: str, name: str, example: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if sep and not host:
+        host = "0.0.0.0"  # ":8080" means every interface, as in Go
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{name} must look like HOST:PORT or :PORT, e.g. {example}")
+    return f"{host}:{port}"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="DUCKMESH_", extra="ignore", toml_file="duckmesh.toml", validate_default=True
@@ -126,6 +135,8 @@ class Settings(BaseSettings):
     s3_access_key_id: str | None = None
     s3_secret_access_key: str | None = None
     http_addr: str = "127.0.0.1:8080"  # ":8080" (Go style) listens on every interface
+    # Prometheus metrics (every tenant's series) on their own listener, loopback by default; "off" disables.
+    metrics_addr: str | None = "127.0.0.1:9464"
     auth_required: bool = True
     bootstrap_tenant: str = Field(default="default", pattern=r"^[a-z_][a-z0-9_-]{0,62}$")
     bootstrap_api_key: str | None = None
@@ -212,12 +223,14 @@ class Settings(BaseSettings):
     @field_validator("http_addr")
     @classmethod
     def _check_addr(cls, value: str) -> str:
-        host, sep, port = value.rpartition(":")
-        if sep and not host:
-            host = "0.0.0.0"  # ":8080" means every interface, as in Go
-        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError("DUCKMESH_HTTP_ADDR must look like HOST:PORT or :PORT, e.g. 127.0.0.1:8080")
-        return f"{host}:{port}"
+        return _listen_addr(value, "DUCKMESH_HTTP_ADDR", "127.0.0.1:8080")
+
+    @field_validator("metrics_addr")
+    @classmethod
+    def _check_metrics_addr(cls, value: str | None) -> str | None:
+        if value is None or value.strip().lower() in ("", "off", "none", "false"):
+            return None
+        return _listen_addr(value, "DUCKMESH_METRICS_ADDR", "127.0.0.1:9464")
 
     @field_validator("ai_base_url")
     @classmethod
@@ -282,6 +295,12 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    @model_validator(mode="after")
+    def _check_listeners(self) -> Settings:
+        if self.metrics_addr is not None and self.metrics_addr.rpartition(":")[2] == str(self.http_port):
+            raise ValueError("DUCKMESH_METRICS_ADDR must use another port than DUCKMESH_HTTP_ADDR")
+        return self
 
     @property
     def http_host(self) -> str:

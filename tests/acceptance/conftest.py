@@ -48,6 +48,8 @@ def process_env(settings: Mapping[str, str] | None = None) -> dict[str, str]:
     """This process's environment without any DUCKMESH_* setting, plus ``settings``."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("DUCKMESH_")}
     env["PYTHONUNBUFFERED"] = "1"
+    # Each process its own metrics port (the default 127.0.0.1:9464 would be shared by every test process).
+    env["DUCKMESH_METRICS_ADDR"] = f"{LOOPBACK}:{free_port()}"
     for name, value in (settings or {}).items():
         assert name.startswith("DUCKMESH_"), f"not a DuckMesh setting: {name}"
         env[name] = value

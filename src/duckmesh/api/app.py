@@ -66,7 +66,14 @@ def _api_routes(routes: list[BaseRoute]) -> list[APIRoute]:
 
 
 # Routes that need no key (probes and scrapers).
-PUBLIC_PATHS = frozenset({"/v1/health", "/v1/ready", "/v1/metrics"})
+PUBLIC_PATHS = frozenset({"/v1/health", "/v1/ready"})
+
+
+def create_metrics_app() -> FastAPI:
+    """The metrics listener's app: Prometheus text at /metrics and /v1/metrics, nothing else."""
+    app = FastAPI(title="DuckMesh metrics", openapi_url=None, docs_url=None, redoc_url=None)
+    app.include_router(probes.metrics_router)
+    return app
 
 
 class _DuckMeshApi(FastAPI):

@@ -39,8 +39,8 @@ def _default_json_body(scope: Scope) -> dict[bytes, bytes]:
     return headers
 
 
-def _matched(routes: list[BaseRoute], scope: Scope) -> bool:
-    return any(route.matches(scope)[0] is Match.FULL for route in routes)
+def _matching(routes: list[BaseRoute], scope: Scope) -> BaseRoute | None:
+    return next((route for route in routes if route.matches(scope)[0] is Match.FULL), None)
 
 
 class RequestContextMiddleware:
@@ -76,7 +76,7 @@ class RequestContextMiddleware:
 
         received = 0
         # The backfill route streams large files to disk; every other body has the API limit.
-        limit = self.backfill_limit if _matched(self.large_body_routes, scope) else self.default_limit
+        limit = self.backfill_limit if _matching(self.large_body_routes, scope) else self.default_limit
 
         async def receive_limited() -> Message:
             nonlocal received
@@ -137,7 +137,8 @@ class AuthGate:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ctx = scope["app"].state.ctx if scope["type"] == "http" and "app" in scope else None
-        if ctx is None or not ctx.settings.auth_required or not _matched(self.protected, scope):
+        route = _matching(self.protected, scope) if ctx is not None and ctx.settings.auth_required else None
+        if ctx is None or route is None:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
@@ -145,6 +146,7 @@ class AuthGate:
             principal = await principal_of(ctx, headers.get("authorization", ""), headers.get("x-api-key"),
                                            headers.get("x-tenant-id"))
         except DuckMeshError as exc:
+            scope["route"] = route  # the access log and metrics name the route template
             response = error_response(exc.http_status, exc.error_code, exc.message, retryable=exc.retryable,
                                       context=exc.context)
             await response(scope, receive, send)

@@ -16,7 +16,7 @@ DESCRIPTION = """\
 HTTP writers → snapshot-versioned Parquet tables → SQL over them with DuckDB, with an exact
 read-after-write guarantee through visibility tokens.
 
-**Authentication**: every `/v1` route except health, readiness and metrics needs an API key, sent as
+**Authentication**: every `/v1` route except health and readiness needs an API key, sent as
 `Authorization: Bearer <key>` or `X-API-Key: <key>` (click *Authorize*). A key belongs to one tenant
 and carries roles: `ingest_writer`, `query_reader`, `table_admin`, `ops_admin`.
 
@@ -246,8 +246,6 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         " naming the failed check (no key needed).", None,
         {"status": "ready", "checks": {"catalog": "ok", "migrations": "ok", "object_store": "ok"}},
     ),
-    ("get", "/v1/metrics"): Operation("Prometheus metrics", "Text exposition format (no key needed).", None,
-                                      "duckmesh_http_requests_total{method=\"GET\",route=\"/v1/health\"} 1.0\n"),
 }
 
 

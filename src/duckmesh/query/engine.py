@@ -48,6 +48,7 @@ from duckmesh.merge import FileGroup, literal, quote, view_sql
 from duckmesh.query import functions
 from duckmesh.query.encode import encode_rows, needs_text_for_csv, text_column
 from duckmesh.schema import NAME_PATTERN, TableSchema
+from duckmesh.storage.base import make_private_dirs
 from duckmesh.storage.cache import FileCache
 
 ResultFormat = Literal["json", "ndjson", "csv", "arrow"]
@@ -141,7 +142,7 @@ class _TenantDatabase:
         # Each tenant spills into its own folder (DuckDB also allows reading there), per process:
         # two DuckDB instances must never share one.
         spill = Path(config.spill_directory or ".") / str(tenant_id) / f"p{os.getpid()}"
-        _private_folder(spill)
+        make_private_dirs(spill)
         self.spill = str(spill)
         self.database = duckdb.connect(":memory:", config={
             "threads": config.threads,
@@ -165,13 +166,6 @@ class _TenantDatabase:
             yield taken
         finally:
             self._idle.put(taken)
-
-
-def _private_folder(path: Path) -> None:
-    """Create ``path`` and its missing parents, owner-only."""
-    missing = [p for p in (path, *path.parents) if not p.exists()]
-    for folder in reversed(missing):
-        folder.mkdir(mode=0o700, exist_ok=True)
 
 
 class Executor:
