@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -393,3 +395,175 @@ async def test_an_ndjson_backfill_past_its_decoded_limit_is_refused(
     response = await client.post("/v1/tables/events/backfill?backfill_id=n2", content=long_line,
                                  headers={**headers, "Content-Type": "application/x-ndjson"})
     assert response.status_code == 413, response.text
+
+
+# finding 8: metrics -----------------------------------------------------------------------------
+
+
+async def test_metrics_with_every_tenants_names_are_not_served_on_the_public_listener(ctx: Ctx) -> None:
+    from duckmesh.api.app import create_metrics_app
+
+    client, headers, _ = ctx
+    await create_table(client, headers, "secret_project_table")
+    await client.post("/v1/ingest/secret_project_table", headers=headers, json={"records": records(0, 1)})
+    public = await client.get("/v1/metrics")
+    assert public.status_code == 404 and "secret_project_table" not in public.text
+    transport = httpx.ASGITransport(app=create_metrics_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:9464") as scraper:
+        scraped = await scraper.get("/metrics")
+    assert scraped.status_code == 200 and "secret_project_table" in scraped.text
+
+
+def test_tenant_and_table_labels_are_bounded() -> None:
+    from duckmesh.observability import metrics
+
+    names = ("tenant", "table")
+    seen = {metrics.bounded_labels(names, ("9999", f"t{i}"))[1] for i in range(metrics.MAX_TABLE_LABELS + 50)}
+    assert len(seen) <= metrics.MAX_TABLE_LABELS + 1 and metrics.OTHER in seen
+
+
+def test_the_metrics_listener_is_loopback_by_default_and_can_be_turned_off() -> None:
+    from duckmesh.config import Settings
+
+    assert Settings().metrics_addr == "127.0.0.1:9464"
+    assert Settings(metrics_addr="off").metrics_addr is None
+    with pytest.raises(ValueError, match="another port"):
+        Settings(http_addr="127.0.0.1:9000", metrics_addr="127.0.0.1:9000")
+
+
+# finding 9: hostile inputs answer 4xx with the error body, never 500 ------------------------------
+
+BIG = 2**64
+
+
+async def test_inputs_that_used_to_crash_the_server_answer_4xx_with_the_error_body(ctx: Ctx) -> None:
+    client, headers, coordinator = ctx
+    await create_table(client, headers)
+    ok_payload = {"id": 1, "name": "a", "amount": "1.00", "at": "2024-05-01T12:00:00Z"}
+    cases: list[tuple[str, str, Any]] = [
+        ("POST", "/v1/ingest/events", {"records": [{"idempotency_key": "a\u0000b", "payload": ok_payload}]}),
+        ("POST", "/v1/ingest/ev%00ents", {"records": [{"idempotency_key": "k", "payload": ok_payload}]}),
+        ("POST", "/v1/ingest/events", b'{"records": [{"idempotency_key": "\\ud800", "payload": {}}]}'),
+        ("POST", "/v1/ingest/events", {"records": [{"idempotency_key": "k1", "payload": ok_payload,
+                                                    "event_time": "9999-12-31T23:00:00-05:00"}]}),
+        ("POST", "/v1/ingest/events", {"records": [{"idempotency_key": "k2", "payload": ok_payload,
+                                                    "event_time": "0001-01-01T00:00:00+05:00"}]}),
+        ("POST", "/v1/ingest/events", {"records": [{"idempotency_key": "k3", "payload": {
+            **ok_payload, "at": "9999-12-31T23:59:00-01:00"}}]}),
+        ("POST", "/v1/snapshots/pin", {"snapshot_id": 1, "reason": "quarter\u0000end"}),
+        ("POST", "/v1/snapshots/pin", {"snapshot_id": BIG, "reason": "x"}),
+        ("GET", f"/v1/snapshots/{BIG}", None),
+        ("GET", f"/v1/snapshots?before={BIG}", None),
+        ("DELETE", f"/v1/snapshots/pin/{BIG}", None),
+        ("POST", "/v1/snapshots/restore", {"snapshot_id": BIG}),
+        ("POST", "/v1/dead-letters/replay", {"event_ids": [BIG]}),
+        ("GET", f"/v1/dead-letters?after={BIG}", None),
+        ("POST", "/v1/query", {"sql": "SELECT 1", "snapshot_id": BIG}),
+        ("POST", "/v1/query", {"sql": "SELECT 1", "min_visibility_token": BIG}),
+        ("POST", "/v1/query", {"sql": "SELECT " + "(" * 1000 + "1" + ")" * 1000}),
+        ("POST", "/v1/compaction/run", {"table": "ev\u0000ents"}),
+        ("GET", "/v1/tables/ev%00ents", None),
+    ]
+    for method, path, body in cases:
+        kwargs = {"content": body} if isinstance(body, bytes) else {"json": body} if body is not None else {}
+        response = await client.request(method, path, headers=headers, **kwargs)
+        assert 400 <= response.status_code < 500, (method, path, body, response.status_code, response.text)
+        assert set(response.json()) == ERROR_KEYS, (path, response.text)
+    await coordinator.run_once()
+    assert (await q(client, headers, "SELECT count(*) FROM events")).json()["rows"] == [[0]]  # nothing was stored
+    assert (await q(client, headers, 'SELECT 1 AS "a\u0000"')).status_code == 200  # a NUL the catalog never sees
+
+
+VALUES_SQL = ("SELECT 'infinity'::DATE AS d, '-infinity'::TIMESTAMPTZ AS t, '20000-01-01'::DATE AS far,"
+              " '0044-03-15 (BC)'::DATE AS bc, 340282366920938463463374607431768211455::UHUGEINT AS u,"
+              " '2024-01-01 10:00:00.123456789'::TIMESTAMP_NS AS ns, INTERVAL '1 day 2 seconds' AS i,"
+              " [DATE 'infinity'] AS l, '101'::BIT AS bits")
+EXPECTED = {"d": "infinity", "t": "-infinity", "far": "20000-01-01", "bc": "0044-03-15 (BC)",
+            "u": "340282366920938463463374607431768211455", "ns": "2024-01-01T10:00:00.123456789",
+            "i": "P0M1DT2S", "l": ["infinity"], "bits": "Bf0="}
+
+
+async def test_every_value_duckdb_can_return_is_encoded_in_json_and_in_a_whole_ndjson_stream(ctx: Ctx) -> None:
+    client, headers, _ = ctx
+    body = (await q(client, headers, VALUES_SQL)).json()
+    assert dict(zip([c["name"] for c in body["columns"]], body["rows"][0], strict=True)) == EXPECTED
+    sql = f"SELECT x, v.* FROM range(25000) t(x), ({VALUES_SQL}) v"
+    streamed = await client.post("/v1/query?format=ndjson", headers=headers, json={"sql": sql})
+    assert streamed.status_code == 200
+    lines = streamed.text.splitlines()
+    assert len(lines) == 10_000 and streamed.headers["X-DuckMesh-Truncated"] == "true"  # the default row limit
+    assert {k: v for k, v in orjson.loads(lines[-1]).items() if k != "x"} == EXPECTED
+    as_csv = await client.post("/v1/query?format=csv", headers=headers, json={"sql": VALUES_SQL})
+    assert as_csv.status_code == 200 and "infinity" in as_csv.text and "Bf0=" in as_csv.text
+
+
+# finding 11: files stay in the state dir, owner-only ----------------------------------------------
+
+
+async def test_data_files_and_folders_are_owner_only_and_backfill_bodies_stay_in_the_state_dir(
+    ctx: Ctx, app_context: AppContext, object_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, headers, coordinator = ctx
+    await create_table(client, headers, columns=[{"name": "id", "type": "int64"}])
+    await client.post("/v1/ingest/events", headers=headers, json={"records": [
+        {"idempotency_key": "k", "payload": {"id": 1}}]})
+    await coordinator.run_once()
+    files = [p for p in object_dir.rglob("*") if p.is_file()]
+    assert files and all(p.stat().st_mode & 0o777 == 0o600 for p in files)
+    assert all(p.stat().st_mode & 0o777 == 0o700 for p in object_dir.rglob("*") if p.is_dir())
+    from duckmesh.api.routers import backfill as backfill_router
+
+    used: list[str] = []
+    real = backfill_router.tempfile.TemporaryDirectory
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        used.append(str(kwargs.get("dir")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(backfill_router.tempfile, "TemporaryDirectory", spy)
+    state = tmp_path / "state"
+    app_context.settings = app_context.settings.model_copy(update={"state_dir": state})
+    answer = await client.post("/v1/tables/events/backfill?backfill_id=s1", content=b'{"id": 2}\n',
+                               headers={**headers, "Content-Type": "application/x-ndjson"})
+    assert answer.status_code == 200, answer.text
+    assert used == [str(state.resolve() / "scratch")]
+    assert (state / "scratch").stat().st_mode & 0o777 == 0o700
+
+
+# finding 12: smaller gaps -----------------------------------------------------------------------
+
+
+async def test_names_with_a_trailing_newline_and_lax_values_are_refused(ctx: Ctx) -> None:
+    client, headers, _ = ctx
+    for body in ({"table_name": "events\n", "columns": [{"name": "id", "type": "int64"}]},
+                 {"table_name": "events", "columns": [{"name": "id\n", "type": "int64"}]},
+                 {"table_name": "events", "columns": [{"name": "id", "type": "int64", "nullable": "yes"}]}):
+        created = await client.post("/v1/tables", headers=headers, json=body)
+        assert created.status_code == 400, (body, created.text)
+    await create_table(client, headers, columns=[{"name": "id", "type": "int64"}, {"name": "ok", "type": "boolean"}])
+    for body in ({"records": [{"idempotency_key": "k", "payload": {"id": 1}}], "wait_for_visibility": "yes"},
+                 {"records": [{"idempotency_key": "k", "payload": {"id": 1, "ok": "yes"}}]},
+                 {"records": [{"idempotency_key": "k", "payload": {"id": "1"}}]},
+                 {"records": [{"idempotency_key": "k", "payload": {"id": 1}}], "visibility_timeout_ms": "100"}):
+        answer = await client.post("/v1/ingest/events", headers=headers, json=body)
+        assert answer.status_code == 400, (body, answer.text)
+    assert (await q(client, headers, "SELECT 1", row_limit="5")).status_code == 400
+
+
+async def test_a_trailing_slash_answers_404_json_and_never_redirects_to_the_host_header(ctx: Ctx) -> None:
+    client, headers, _ = ctx
+    answer = await client.get("/v1/tables/", headers={**headers, "Host": "evil.example"})
+    assert answer.status_code == 404 and "location" not in answer.headers
+    assert answer.json()["error_code"] == "NOT_FOUND"
+
+
+async def test_a_refused_maintenance_request_is_not_audited_as_if_it_ran(ctx: Ctx, pool: Any) -> None:
+    client, headers, _ = ctx
+    refused = await client.post("/v1/integrity/run", headers=headers, json={"table": "nope"})
+    assert refused.status_code == 404
+    ran = await client.post("/v1/integrity/run", headers=headers, json={})
+    assert ran.status_code == 200
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT details FROM admin_audit WHERE action = 'integrity.run'")
+        rows = await cur.fetchall()
+    assert [row["details"].get("table") for row in rows] == [None]
