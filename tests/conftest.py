@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -45,6 +46,13 @@ _LOCAL_DSNS = (
     "postgresql://postgres@127.0.0.1:5432/test",
     "postgresql://root@127.0.0.1:5432/test",
 )
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The OpenAPI fuzz's counts (tests/integration/test_fuzz_openapi.py), when it ran."""
+    fuzz = sys.modules.get("tests.integration.test_fuzz_openapi")
+    for line in getattr(fuzz, "REPORT", []):
+        terminalreporter.write_line(line)
 
 
 def _answers(dsn: str) -> bool:
