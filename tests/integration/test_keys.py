@@ -174,3 +174,35 @@ def test_prod_refuses_a_weak_bootstrap_key() -> None:
     strong = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
     assert Settings(profile="prod", catalog_dsn="postgresql://x", bootstrap_api_key=strong).bootstrap_api_key == strong
     assert Settings(profile="dev", bootstrap_api_key="a").bootstrap_api_key == "a"  # dev keeps its shortcuts
+
+
+def test_the_cli_creates_keys_with_an_expiry_lists_and_revokes_them_audited(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from duckmesh.cli import app
+
+    monkeypatch.setenv("DUCKMESH_CATALOG_DSN", dsn)
+    runner = CliRunner()
+    assert runner.invoke(app, ["tenant", "create", "acme"]).exit_code == 0
+    created = runner.invoke(app, ["key", "create", "--tenant", "acme", "--role", "query_reader",
+                                  "--expires-in", "2h", "--json"])
+    assert created.exit_code == 0, created.output
+    key = json.loads(created.output)
+    assert key["expires_at"] and key["roles"] == ["query_reader"] and key["key"].startswith("dm_")
+    listed = [json.loads(line) for line in runner.invoke(app, ["key", "list", "--tenant", "acme"]).output.splitlines()]
+    assert [(k["key_id"], k["revoked_at"]) for k in listed] == [(key["key_id"], None)]
+    assert "key" not in listed[0]
+    assert runner.invoke(app, ["key", "revoke", key["key_id"]]).exit_code == 0
+    bad = runner.invoke(app, ["key", "create", "--tenant", "acme", "--role", "query_reader", "--expires-in", "soon"])
+    assert bad.exit_code != 0 and "--expires-in" in bad.output
+
+    async def actions() -> list[tuple[str, str]]:
+        async with CatalogPool(dsn, max_size=1) as pool, pool.connection() as conn:
+            cur = await conn.execute("SELECT action, actor FROM admin_audit WHERE action LIKE 'key.%' ORDER BY audit_id")
+            return [(row["action"], row["actor"]) for row in await cur.fetchall()]
+
+    assert asyncio.run(actions()) == [("key.create", "cli"), ("key.revoke", "cli")]

@@ -114,6 +114,14 @@ def test_duckdb_in_a_query_worker_cannot_write_into_the_folder_it_reads(tmp_path
     assert sorted(p.name for p in data.iterdir()) == []
 
 
+async def test_query_workers_confine_their_own_writes_where_the_kernel_can(ctx: Ctx, app_context: AppContext) -> None:
+    client, headers, _ = ctx
+    assert (await q(client, headers, "SELECT 1 AS one")).status_code == 200
+    pool = app_context.query._engine.backend
+    assert isinstance(pool, WorkerPool) and pool._idle
+    assert all(worker.landlock for worker in pool._idle) == (confine.landlock_abi() >= 1)
+
+
 # finding 3: one query must never exhaust the host ----------------------------------------------
 
 
