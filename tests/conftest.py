@@ -163,7 +163,8 @@ def make_settings(**overrides: Any) -> Settings:
 
 @pytest.fixture
 def settings(object_dir: Path, dsn: str) -> Settings:
-    return make_settings(object_store_url=object_dir.as_uri(), catalog_dsn=dsn)
+    # scratch (backfill bodies, compaction) under the test's own folder, never the working directory
+    return make_settings(object_store_url=object_dir.as_uri(), catalog_dsn=dsn, state_dir=object_dir.parent / "state")
 
 
 @pytest.fixture
