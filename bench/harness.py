@@ -249,7 +249,7 @@ class Cluster:
         stem = f"{self._serial:03d}-{name}"
         out = open(self.workdir / f"{stem}.stdout", "wb")  # noqa: SIM115 - closed in Proc.stop
         err = open(self.workdir / f"{stem}.stderr", "wb")  # noqa: SIM115
-        env = self.env(http_addr=addr, **extra)
+        env = self.env(http_addr=addr, **{"metrics_addr": f"{LOOPBACK}:{free_port()}", **extra})
         if python_path:
             env["PYTHONPATH"] = os.pathsep.join(p for p in (python_path, env.get("PYTHONPATH")) if p)
         popen = subprocess.Popen(

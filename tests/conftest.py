@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -45,6 +46,13 @@ _LOCAL_DSNS = (
     "postgresql://postgres@127.0.0.1:5432/test",
     "postgresql://root@127.0.0.1:5432/test",
 )
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The OpenAPI fuzz's counts (tests/integration/test_fuzz_openapi.py), when it ran."""
+    fuzz = sys.modules.get("tests.integration.test_fuzz_openapi")
+    for line in getattr(fuzz, "REPORT", []):
+        terminalreporter.write_line(line)
 
 
 def _answers(dsn: str) -> bool:
@@ -155,7 +163,8 @@ def make_settings(**overrides: Any) -> Settings:
 
 @pytest.fixture
 def settings(object_dir: Path, dsn: str) -> Settings:
-    return make_settings(object_store_url=object_dir.as_uri(), catalog_dsn=dsn)
+    # scratch (backfill bodies, compaction) under the test's own folder, never the working directory
+    return make_settings(object_store_url=object_dir.as_uri(), catalog_dsn=dsn, state_dir=object_dir.parent / "state")
 
 
 @pytest.fixture
@@ -165,10 +174,10 @@ async def barrier(pool: CatalogPool, dsn: str) -> AsyncIterator[VisibilityBarrie
 
 
 @pytest.fixture
-def app_context(
+async def app_context(
     settings: Settings, pool: CatalogPool, bus: PostgresBus, store: RetryingObjectStore, barrier: VisibilityBarrier,
-    tmp_path: Path,
-) -> AppContext:
+    tmp_path: Path, dsn: str,
+) -> AsyncIterator[AppContext]:
     ingest = IngestService(
         pool, bus, max_records=settings.max_records_per_request, max_payload_bytes=settings.max_payload_bytes,
         wait_for_visibility=barrier.wait_for_ingest,
@@ -176,7 +185,12 @@ def app_context(
     settings = settings.model_copy(update={"cache_dir": tmp_path / "cache"})
     query = build_query_service(settings, pool, store, barrier)
     maintenance = build_maintenance_service(settings, pool, store)
-    return AppContext(settings, pool, bus, store, ingest, query, maintenance, BackfillService(pool, store))
+    keys = tenants.VerifiedKeys()
+    revocations = Listener(dsn, (tenants.KEYS_CHANNEL,), on_notify=keys.on_notify, on_connect=keys.clear)
+    await revocations.start()
+    yield AppContext(settings, pool, bus, store, ingest, query, maintenance, BackfillService(pool, store), keys=keys)
+    await revocations.stop()
+    query.close()  # its worker processes
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ environment at import time.
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import timedelta
 from decimal import Decimal
@@ -47,6 +48,20 @@ _SIZE = re.compile(r"^\s*(?P<n>\d+(?:\.\d+)?)\s*(?:(?P<p>[kmgt])(?P<i>i)?(?P<b>b
 _SIZE_POWERS = {"k": 1, "m": 2, "g": 3, "t": 4}
 _PLAIN_NUMBER = re.compile(r"^\s*\d+(\.\d+)?\s*$")
 _TIMEDELTA = TypeAdapter(timedelta)
+
+
+MIN_KEY_LENGTH = 32
+MIN_KEY_BITS = 128
+
+
+def strong_key(key: str) -> bool:
+    """Long enough and varied enough to be random: an estimate of its entropy from the character
+    classes it uses, with too few distinct characters ruled out ("aaaa...", "abab...")."""
+    if len(key) < MIN_KEY_LENGTH or len(set(key)) < 12:
+        return False
+    classes = [any(c.islower() for c in key) * 26, any(c.isupper() for c in key) * 26,
+               any(c.isdigit() for c in key) * 10, any(not c.isalnum() for c in key) * 32]
+    return len(key) * math.log2(max(sum(classes), 2)) >= MIN_KEY_BITS
 
 
 def parse_duration(text: str) -> timedelta:
@@ -96,6 +111,15 @@ def _in_field_unit(name: str, annotation: Any, text: str) -> Any:
     return text
 
 
+def _listen_addr(value: str, name: str, example: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if sep and not host:
+        host = "0.0.0.0"  # ":8080" means every interface, as in Go
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{name} must look like HOST:PORT or :PORT, e.g. {example}")
+    return f"{host}:{port}"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="DUCKMESH_", extra="ignore", toml_file="duckmesh.toml", validate_default=True
@@ -111,9 +135,13 @@ class Settings(BaseSettings):
     s3_access_key_id: str | None = None
     s3_secret_access_key: str | None = None
     http_addr: str = "127.0.0.1:8080"  # ":8080" (Go style) listens on every interface
+    # Prometheus metrics (every tenant's series) on their own listener, loopback by default; "off" disables.
+    metrics_addr: str | None = "127.0.0.1:9464"
     auth_required: bool = True
     bootstrap_tenant: str = Field(default="default", pattern=r"^[a-z_][a-z0-9_-]{0,62}$")
     bootstrap_api_key: str | None = None
+    # How long a process trusts a key it verified (revocations reach every process at once anyway).
+    auth_cache_seconds: float = Field(default=60.0, ge=0, le=3600)
     log_level: str = "INFO"
     log_format: Literal["json", "text", "auto"] = "auto"
     service_name: str = "duckmesh"
@@ -124,6 +152,8 @@ class Settings(BaseSettings):
     max_records_per_request: int = Field(default=10_000, ge=1)
     max_payload_bytes: int = Field(default=1024 * 1024, ge=64)
     max_backfill_bytes: int = Field(default=2 * 1024**3, ge=1024)
+    max_backfill_rows: int = Field(default=10_000_000, ge=1)
+    max_backfill_decoded_bytes: int = Field(default=1024**3, ge=1024 * 1024)
     ingest_rate_limit: float = Field(default=0.0, ge=0)
     max_pending_events_per_tenant: int = Field(default=5_000_000, ge=0)
     backfill_lease_seconds: float = Field(default=60.0, gt=0)
@@ -143,8 +173,14 @@ class Settings(BaseSettings):
     query_timeout_ms: int = Field(default=30_000, ge=10)
     query_memory_limit: str = "1GB"
     query_threads: int = Field(default=2, ge=1)
-    query_max_concurrency: int = Field(default=8, ge=1)
+    query_max_concurrency: int = Field(default=4, ge=1)
+    query_max_concurrency_per_tenant: int = Field(default=2, ge=1)
     query_queue_timeout_ms: int = Field(default=2_000, ge=0)
+    query_workers: int = Field(default=4, ge=1, le=256)
+    query_worker_max_memory_bytes: int | None = Field(default=None, ge=1024 * 1024)
+    query_max_result_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    query_max_sql_bytes: int = Field(default=256 * 1024, ge=1024)
+    query_max_spill_bytes: int = Field(default=4 * 1024**3, ge=1024 * 1024)
     max_consistency_timeout_ms: int = Field(default=60_000, ge=0)
     barrier_poll_interval_ms: int = Field(default=1_000, ge=10)
     cache_dir: Path | None = None
@@ -187,12 +223,14 @@ class Settings(BaseSettings):
     @field_validator("http_addr")
     @classmethod
     def _check_addr(cls, value: str) -> str:
-        host, sep, port = value.rpartition(":")
-        if sep and not host:
-            host = "0.0.0.0"  # ":8080" means every interface, as in Go
-        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError("DUCKMESH_HTTP_ADDR must look like HOST:PORT or :PORT, e.g. 127.0.0.1:8080")
-        return f"{host}:{port}"
+        return _listen_addr(value, "DUCKMESH_HTTP_ADDR", "127.0.0.1:8080")
+
+    @field_validator("metrics_addr")
+    @classmethod
+    def _check_metrics_addr(cls, value: str | None) -> str | None:
+        if value is None or value.strip().lower() in ("", "off", "none", "false"):
+            return None
+        return _listen_addr(value, "DUCKMESH_METRICS_ADDR", "127.0.0.1:9464")
 
     @field_validator("ai_base_url")
     @classmethod
@@ -222,6 +260,12 @@ class Settings(BaseSettings):
     def _check_prod(self) -> Settings:
         if self.profile == "prod" and not self.catalog_dsn:
             raise ValueError("profile prod needs DUCKMESH_CATALOG_DSN (no embedded database in prod)")
+        if self.profile == "prod" and self.bootstrap_api_key is not None and not strong_key(self.bootstrap_api_key):
+            raise ValueError(
+                f"profile prod needs a strong DUCKMESH_BOOTSTRAP_API_KEY: at least {MIN_KEY_LENGTH} characters and"
+                f" about {MIN_KEY_BITS} bits of randomness (e.g. `openssl rand -hex 32`), or leave it unset and"
+                " use the key `duckmesh up` prints"
+            )
         if self.ai_translate_enabled and not (self.ai_base_url and self.ai_model):
             raise ValueError("DUCKMESH_AI_TRANSLATE_ENABLED needs DUCKMESH_AI_BASE_URL and DUCKMESH_AI_MODEL")
         return self
@@ -252,6 +296,12 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
 
+    @model_validator(mode="after")
+    def _check_listeners(self) -> Settings:
+        if self.metrics_addr is not None and self.metrics_addr.rpartition(":")[2] == str(self.http_port):
+            raise ValueError("DUCKMESH_METRICS_ADDR must use another port than DUCKMESH_HTTP_ADDR")
+        return self
+
     @property
     def http_host(self) -> str:
         return self.http_addr.rpartition(":")[0].strip("[]")
@@ -269,6 +319,14 @@ class Settings(BaseSettings):
     @property
     def resolved_cache_dir(self) -> Path:
         return (self.cache_dir or self.state_dir / "cache").resolve()
+
+    @property
+    def resolved_query_worker_max_memory_bytes(self) -> int:
+        """A query worker's address-space limit: twice DuckDB's memory limit (DuckDB reserves more
+        address space than it uses) plus 2 GiB for the interpreter, libraries and the encoded result."""
+        if self.query_worker_max_memory_bytes is not None:
+            return self.query_worker_max_memory_bytes
+        return 2 * parse_size(self.query_memory_limit) + 2 * 1024**3
 
     @property
     def flush_interval(self) -> float:

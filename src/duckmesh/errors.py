@@ -87,6 +87,12 @@ class TenantExists(DuckMeshError):
     error_code, http_status = "TENANT_EXISTS", 409
 
 
+class KeyExists(DuckMeshError):
+    """An API key with this secret (or id) is already stored; revoked keys are never re-activated."""
+
+    error_code, http_status = "KEY_EXISTS", 409
+
+
 class IdempotencyKeyReused(DuckMeshError):
     error_code, http_status = "IDEMPOTENCY_KEY_REUSED", 409
 

@@ -36,17 +36,21 @@ from typing import Any, Literal
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from duckmesh.domain import EVENT_TIME_COLUMN, OP_COLUMN, TOKEN_COLUMN, Op
 
-NAME_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-_DECIMAL_PATTERN = re.compile(r"^decimal\((\d{1,2}),\s*(\d{1,2})\)$")
+NAME_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")  # use fullmatch: "$" also matches before a final newline
+_DECIMAL_PATTERN = re.compile(r"^decimal\((\d{1,2}),\s*(\d{1,2})\)\Z")
 SIMPLE_TYPES = ("boolean", "int32", "int64", "float32", "float64", "string", "binary", "date", "timestamp", "json")
 CompatibilityMode = Literal["backward", "forward", "full", "none"]
 _EPOCH_DATE = date(1970, 1, 1)
-_DATE_SHAPE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_DATE_SHAPE = re.compile(r"^\d{4}-\d{2}-\d{2}\Z")
 # Up to 9 fractional digits: Go's RFC3339Nano, Java's Instant and .NET's "o" format send 7-9.
-TIMESTAMP_SHAPE = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})?$")
+# TIMESTAMP_PATTERN has no end anchor: Python needs \Z ("$" also matches before a final newline),
+# Arrow's RE2 (the ingest fast path) needs "$" (it has no \Z).
+TIMESTAMP_PATTERN = r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})?"
+_TIMESTAMP_SHAPE = re.compile(TIMESTAMP_PATTERN + r"\Z")
 _SUB_MICROSECOND = re.compile(r"(\.\d{6})\d{1,3}")
 _DECIMAL_CONTEXT = Context(prec=80)
 _INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
@@ -114,7 +118,7 @@ class TableSchema:
         seen: set[str] = set()
         for spec in columns:
             name = str(spec.get("name", ""))
-            if not NAME_PATTERN.match(name) or name.startswith("_dm_"):
+            if not NAME_PATTERN.fullmatch(name) or name.startswith("_dm_"):
                 problems.append(f"column name {name!r} must match {NAME_PATTERN.pattern} and not start with _dm_")
                 continue
             if name in seen:
@@ -364,7 +368,7 @@ def parse_timestamp(value: Any) -> datetime:
     truncated (never rounded, so a value never moves into the next second or day)."""
     if not isinstance(value, str):
         raise ValueError("expected an RFC 3339 timestamp string")
-    if not TIMESTAMP_SHAPE.match(value):
+    if not _TIMESTAMP_SHAPE.match(value):
         raise ValueError("invalid RFC 3339 timestamp")
     try:
         parsed = datetime.fromisoformat(_SUB_MICROSECOND.sub(r"\1", value, count=1))
@@ -372,7 +376,10 @@ def parse_timestamp(value: Any) -> datetime:
         raise ValueError("invalid RFC 3339 timestamp") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # e.g. 9999-12-31T23:00:00-05:00 is in year 10000 in UTC
+        raise ValueError("timestamp out of range: in UTC it must fall in the years 0001 to 9999") from None
 
 
 def timestamp_micros(moment: datetime) -> int:
@@ -454,6 +461,79 @@ class PayloadValidator:
             except ValueError as exc:
                 problems.append(f"column {name!r}: {exc}")
         return out, problems
+
+
+# ---------------------------------------------------------------------------
+# whole Arrow columns (backfill from Parquet): the same rules as the JSON checks above
+
+_UNIT_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+_FIRST_DAY, _LAST_DAY = -719_162, 2_932_896  # 0001-01-01 and 9999-12-31
+_FIRST_SECOND, _LAST_SECOND = -62_135_596_800, 253_402_300_799
+
+
+def _within(values: pa.ChunkedArray, low: int, high: int, what: str) -> None:
+    if values.null_count == len(values):
+        return
+    bounds = pc.min_max(values)
+    if bounds["min"].as_py() < low or bounds["max"].as_py() > high:
+        raise ValueError(f"{what} out of range (years 0001 to 9999)")
+
+
+def _strict_json(values: pa.ChunkedArray) -> pa.ChunkedArray:
+    out: list[str | None] = []
+    bad: list[int] = []
+    for index, text in enumerate(values.to_pylist()):
+        if text is None:
+            out.append(None)
+            continue
+        try:
+            out.append(orjson.dumps(orjson.loads(text), option=orjson.OPT_SORT_KEYS).decode())
+        except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+            bad.append(index)
+    if bad:
+        raise ValueError(f"not valid JSON text in rows {bad[:20]}")
+    return pa.chunked_array([pa.array(out, pa.string())])
+
+
+def strict_column(values: pa.ChunkedArray, type_name: str) -> pa.ChunkedArray:
+    """A Parquet column converted to the column type, refused (ValueError) where a JSON payload
+    would be: another kind of value (no "yes" to boolean, no text to number), numbers out of
+    range, dates and timestamps outside the years 0001-9999, text that is not UTF-8 or not JSON."""
+    source, target = values.type, arrow_type(type_name)
+    kind = type_name.split("(")[0]
+    accepted = {
+        "boolean": pa.types.is_boolean(source),
+        "int32": pa.types.is_integer(source), "int64": pa.types.is_integer(source),
+        "float32": pa.types.is_floating(source) or pa.types.is_integer(source),
+        "float64": pa.types.is_floating(source) or pa.types.is_integer(source),
+        "decimal": pa.types.is_decimal(source) or pa.types.is_integer(source),
+        "string": pa.types.is_string(source) or pa.types.is_large_string(source),
+        "json": pa.types.is_string(source) or pa.types.is_large_string(source),
+        "binary": pa.types.is_binary(source) or pa.types.is_large_binary(source),
+        "date": pa.types.is_date(source),
+        "timestamp": pa.types.is_timestamp(source),
+    }
+    if not accepted.get(kind, False):
+        raise ValueError(f"a Parquet column of type {source} cannot fill a {type_name} column")
+    try:
+        if kind in ("string", "json"):
+            values.validate(full=True)  # UTF-8
+            return _strict_json(values) if kind == "json" else values.cast(target)
+        if kind == "date":
+            days = values.cast(pa.date32())
+            _within(days.cast(pa.int32()), _FIRST_DAY, _LAST_DAY, "date")
+            return days
+        if kind == "timestamp":
+            per_second = _UNIT_PER_SECOND[source.unit]
+            _within(values.cast(pa.int64()), _FIRST_SECOND * per_second, (_LAST_SECOND + 1) * per_second - 1,
+                    "timestamp")
+            # digits beyond microseconds are truncated, as for JSON timestamps
+            return values.cast(pa.timestamp(source.unit, tz="UTC")).cast(target, safe=False)
+        if kind == "decimal" and pa.types.is_integer(source):
+            values = values.cast(pa.decimal128(38, target.scale))
+        return values.cast(target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise ValueError(f"cannot convert to {type_name}: {str(exc)[:160]}") from None
 
 
 def decode_special_float(value: Any) -> Any:

@@ -49,6 +49,8 @@ def process_env(settings: Mapping[str, str] | None = None) -> dict[str, str]:
     """This process's environment without any DUCKMESH_* setting, plus ``settings``."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("DUCKMESH_")}
     env["PYTHONUNBUFFERED"] = "1"
+    # Each process its own metrics port (the default 127.0.0.1:9464 would be shared by every test process).
+    env["DUCKMESH_METRICS_ADDR"] = f"{LOOPBACK}:{free_port()}"
     for name, value in (settings or {}).items():
         assert name.startswith("DUCKMESH_"), f"not a DuckMesh setting: {name}"
         env[name] = value
@@ -87,6 +89,7 @@ class DuckMeshProcess:
     stdout_path: Path
     stderr_path: Path
     http_addr: str | None
+    metrics_addr: str | None = None
     _files: list[IO[bytes]] = field(default_factory=list, repr=False)
 
     @property
@@ -97,6 +100,12 @@ class DuckMeshProcess:
     def base_url(self) -> str:
         assert self.http_addr is not None, f"{self.name} does not serve HTTP"
         return f"http://{self.http_addr}"
+
+    @property
+    def metrics_url(self) -> str:
+        """The process's metrics listener (DUCKMESH_METRICS_ADDR)."""
+        assert self.metrics_addr is not None, f"{self.name} has no metrics listener"
+        return f"http://{self.metrics_addr}"
 
     @property
     def returncode(self) -> int | None:
@@ -197,11 +206,13 @@ class Spawner:
         out_path = self.workdir / f"{label}.stdout"
         err_path = self.workdir / f"{label}.stderr"
         out, err = open(out_path, "wb"), open(err_path, "wb")  # noqa: SIM115 - closed in DuckMeshProcess.close
+        env = process_env(settings)
         popen = subprocess.Popen(
-            self._command(args), env=process_env(settings), cwd=cwd or self.workdir,
+            self._command(args), env=env, cwd=cwd or self.workdir,
             stdin=subprocess.DEVNULL, stdout=out, stderr=err,
         )
-        proc = DuckMeshProcess(label, tuple(args), popen, out_path, err_path, http_addr, [out, err])
+        metrics_addr = env["DUCKMESH_METRICS_ADDR"] if args[0] in SERVERS else None
+        proc = DuckMeshProcess(label, tuple(args), popen, out_path, err_path, http_addr, metrics_addr, [out, err])
         self._procs.append(proc)
         if wait_ready:
             proc.wait_ready(ready_timeout)

@@ -358,7 +358,13 @@ async def test_cli_creates_a_tenant_and_scoped_keys_and_revocation_takes_effect(
         assert revoked["key_id"] == writer["key_id"]
         assert revoked["revoked_at"]
 
-        response = await http.post("/v1/ingest/events", headers=bearer(writer["key"]), json={"records": records(5, 5)})
+        # The server learns of the revocation through NOTIFY: within milliseconds, not on a timer.
+        for _ in range(100):
+            response = await http.post("/v1/ingest/events", headers=bearer(writer["key"]),
+                                       json={"records": records(5, 5)})
+            if response.status_code != 200:
+                break
+            await asyncio.sleep(0.02)
         assert response.status_code == 401, response.text
         assert response.json()["error_code"] == "UNAUTHORIZED"
         response = await http.get("/v1/tables", headers=bearer(admin["key"]))

@@ -115,6 +115,7 @@ def scene(spawn: Spawner, dsn: str, make_key: KeyMaker, tmp_path: Path) -> Itera
         key = headers["Authorization"].removeprefix("Bearer ")
         env = operator_env({
             "DUCKMESH_SERVER": api.base_url, "DUCKMESH_API_KEY": key, "DUCKMESH_CATALOG_DSN": dsn,
+            "API_METRICS": api.metrics_url,
             "DUCKMESH_OBJECT_STORE_URL": objects.as_uri(),
         }, TENANT="acme")
         return Scene(api, headers, key, Operator(workdir, env), settings)
@@ -187,7 +188,8 @@ async def test_ingest_lag_runbook_finds_the_backlog_starts_a_coordinator_and_see
     s: Scene = await scene()
     token = await _ingest(s, 0, 2000)
     spare = f"{LOOPBACK}:{free_port()}"
-    s.operator.env.update(COORDINATOR=f"http://{LOOPBACK}:{free_port()}", SPARE_ADDR=spare)  # none runs there
+    nowhere = f"http://{LOOPBACK}:{free_port()}"  # no coordinator runs there
+    s.operator.env.update(COORDINATOR=nowhere, COORDINATOR_METRICS=nowhere, SPARE_ADDR=spare)
     out = s.operator.follow("ingest-lag.md", expected=["measure", "coordinators", "scale", "verify"])
     assert '"pending_events": 2000' in out["measure"] and '"events"' in out["measure"]
     assert "no ready coordinator" in out["coordinators"]
@@ -225,12 +227,13 @@ async def test_snapshot_publish_failures_runbook_shows_the_storage_reason_and_th
     objects = tmp_path / "objects"
     coordinator = spawn.start("coordinator", name="coordinator", settings=s.settings(coordinator_id="c1"))
     s.operator.env["COORDINATOR"] = coordinator.base_url
+    s.operator.env["COORDINATOR_METRICS"] = coordinator.metrics_url
     # The outage: the store's directory is replaced by a file, so no object can be written.
     moved = tmp_path / "objects-away"
     objects.rename(moved)
     objects.write_text("not a directory")
     token = await _ingest(s, 0, 300)
-    await _until_metric(coordinator.base_url, 'duckmesh_snapshot_publish_failures_total{reason="storage"}')
+    await _until_metric(coordinator.metrics_url, 'duckmesh_snapshot_publish_failures_total{reason="storage"}')
 
     def repair() -> None:
         objects.unlink()

@@ -83,7 +83,8 @@ async def test_ingest_cached_queries_compaction_gc_integrity_and_backup_all_work
         async def run_query() -> tuple[list[Any], float]:
             response = await http.post("/v1/query", headers=headers, json=query)
             assert response.status_code == 200, response.text
-            metrics = (await http.get("/v1/metrics")).text
+            async with http_client(api.metrics_url) as scrape:
+                metrics = (await scrape.get("/v1/metrics")).text
             return response.json()["rows"], _metric(metrics, "duckmesh_query_cache_misses_total")
 
         expected = [[BATCHES * ROWS, BATCHES * ROWS, BATCHES * ROWS * 128]]

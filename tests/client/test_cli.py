@@ -247,3 +247,14 @@ async def test_help_says_which_commands_need_a_server_and_which_the_catalog(run_
     client_panel = text.split("Client: needs a server")[1].split("Catalog admin")[0]
     for command in ("sql", "ingest", "tables", "describe", "snapshots", "lag", "dead-letters", "remote"):
         assert f" {command} " in client_panel, command
+
+
+async def test_remote_key_commands_create_list_and_revoke_keys_of_the_servers_tenant(
+    live_server: LiveServer, run_cli: Any
+) -> None:
+    created = json.loads(ok(await run_cli("remote", "key-create", "--role", "query_reader", server=live_server)).stdout)
+    assert created["roles"] == ["query_reader"] and created["key"].startswith("dm_")
+    listed = json.loads(ok(await run_cli("remote", "key-list", server=live_server)).stdout)["keys"]
+    assert created["key_id"] in {k["key_id"] for k in listed} and all("key" not in k for k in listed)
+    revoked = json.loads(ok(await run_cli("remote", "key-revoke", created["key_id"], server=live_server)).stdout)
+    assert revoked["revoked_at"]

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 
 from duckmesh.catalog import tenants
@@ -19,10 +21,21 @@ async def test_missing_invalid_and_revoked_keys_get_401(
     headers = await make_key()
     assert (await client.get("/v1/tables", headers=headers)).status_code == 200
     key = headers["Authorization"].removeprefix("Bearer ")
-    async with pool.connection() as conn:
-        await tenants.revoke_key(conn, tenants.key_id_of(key))
-    assert (await client.get("/v1/tables", headers=headers)).status_code == 401
+    key_id = tenants.key_id_of(key)
+    assert key_id is not None
+    async with pool.connection() as conn:  # revoked by another process (the CLI): NOTIFY reaches this one
+        await tenants.revoke_key(conn, key_id)
+    await until_refused(client, headers)
     assert (await client.get("/v1/tables", headers={"X-API-Key": key})).status_code == 401
+
+
+async def until_refused(client: httpx.AsyncClient, headers: dict[str, str]) -> None:
+    """Wait until the revocation's notification reached this process (far below the cache's minute)."""
+    for _ in range(200):
+        if (await client.get("/v1/tables", headers=headers)).status_code == 401:
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError("the revoked key was still accepted")
 
 
 async def test_x_api_key_header_is_accepted(client: httpx.AsyncClient, make_key: KeyMaker) -> None:

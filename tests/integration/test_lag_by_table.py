@@ -112,7 +112,7 @@ async def test_the_sampler_keeps_per_table_gauges_current_and_drops_the_series_o
         stop.set()
         await sampler
     assert _gauge(metrics.TABLE_LAG_EVENTS, tenant, "events") == 0
-    text = (await client.get("/v1/metrics")).text
+    text = metrics.render().decode()
     assert f'duckmesh_table_lag_events{{table="events",tenant="{tenant}"}} 0.0' in text
     assert f'duckmesh_table_lag_events{{table="doomed",tenant="{tenant}"}}' not in text, "a dropped table's series goes"
 

@@ -7,6 +7,7 @@ import logging
 import httpx
 import pytest
 
+from duckmesh.api.app import create_metrics_app
 from duckmesh.bus.operations import lag_by_tenant
 from duckmesh.bus.postgres import PostgresBus
 from duckmesh.catalog.db import CatalogPool
@@ -38,7 +39,9 @@ async def test_metrics_endpoint_exposes_every_ingest_coordinator_query_and_http_
     await client.post("/v1/ingest/events", headers=headers, json={"records": records(0, 3)})
     await Coordinator(pool, bus, store, CoordinatorConfig(owner="c")).run_once()
     await client.post("/v1/query", headers=headers, json={"sql": "SELECT count(*) FROM events"})
-    text = (await client.get("/v1/metrics")).text
+    assert (await client.get("/v1/metrics")).status_code == 404  # never on the public listener
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_metrics_app()), base_url="http://m") as scrape:
+        text = (await scrape.get("/v1/metrics")).text
     for name in SPEC_METRICS:
         assert f"# TYPE {name.removesuffix('_total')}" in text, name
     assert 'duckmesh_http_requests_total{method="POST",route="/v1/ingest/{table}",status="200"}' in text

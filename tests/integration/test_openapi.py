@@ -12,7 +12,7 @@ from duckmesh.api.app import create_app
 from duckmesh.api.context import AppContext
 from tests.conftest import KeyMaker, QueryCtx
 
-PUBLIC = {("/v1/health", "get"), ("/v1/ready", "get"), ("/v1/metrics", "get"), ("/v1/openapi.json", "get")}
+PUBLIC = {("/v1/health", "get"), ("/v1/ready", "get"), ("/v1/openapi.json", "get")}
 
 
 def _api_routes(routes: list[Any]) -> list[APIRoute]:

@@ -19,6 +19,7 @@ from duckmesh.catalog.read_only import Actor, ReadOnlyCache
 from duckmesh.coordinator.worker import Coordinator, CoordinatorConfig
 from duckmesh.domain import Role, TenantId
 from duckmesh.errors import ReadOnly
+from duckmesh.observability import metrics
 from duckmesh.storage.retry import RetryingObjectStore
 from tests.conftest import KeyMaker
 from tests.helpers import EVENTS_COLUMNS, create_table, records
@@ -126,7 +127,7 @@ async def test_the_global_switch_is_only_the_operators_and_stops_every_tenant(
     ready = await client.get("/v1/ready")
     assert ready.status_code == 200, "read-only is still ready: queries are served"
     assert ready.json()["mode"] == "read_only" and ready.json()["read_only"] == {"global": True, "tenants": 0}
-    text = (await client.get("/v1/metrics")).text
+    text = metrics.render().decode()
     assert "duckmesh_read_only_global 1.0" in text
     assert 'duckmesh_read_only_rejected_total{scope="global",tenant="' in text
 
@@ -141,7 +142,7 @@ async def test_the_global_switch_is_only_the_operators_and_stops_every_tenant(
     assert (await client.post("/v1/ingest/events", headers=other, json={"records": records(0, 1)})).status_code == 200
     ready = (await client.get("/v1/ready")).json()
     assert ready["mode"] == "read_write"
-    assert "duckmesh_read_only_global 0.0" in (await client.get("/v1/metrics")).text
+    assert "duckmesh_read_only_global 0.0" in metrics.render().decode()
 
 
 async def test_a_switch_made_by_another_process_takes_effect_through_notify(

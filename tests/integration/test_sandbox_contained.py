@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import httpx
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -17,7 +18,7 @@ from duckmesh.catalog import tenants
 from duckmesh.catalog.db import CatalogPool
 from duckmesh.domain import TenantId
 from duckmesh.errors import QueryInvalid, SqlNotAllowed
-from duckmesh.query.engine import QueryEngine
+from duckmesh.query.engine import QueryEngine, _TenantDatabase
 from duckmesh.storage.cache import FileCache
 from duckmesh.storage.local import LocalObjectStore
 from tests.conftest import KeyMaker
@@ -139,11 +140,25 @@ def contained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Contained:
     return Contained(QueryEngine(cache, memory_limit="256MB", threads=1), objects, cwd)
 
 
-def test_the_engine_reads_the_tenants_own_files(contained: Contained) -> None:
+def test_the_engine_refuses_file_readers_even_over_the_tenants_own_files(contained: Contained) -> None:
     own = contained.objects / OWN
-    assert contained.run(f"SELECT id, secret FROM read_parquet('{own}')") == [{"id": 1, "secret": "mine"}]
-    listed = contained.run(f"SELECT file FROM glob('{contained.objects}/1/*/*/*.parquet')")
-    assert listed == [{"file": str(own)}]
+    for sql in (f"SELECT id, secret FROM read_parquet('{own}')", f"SELECT file FROM glob('{contained.objects}/1/*')"):
+        with pytest.raises(SqlNotAllowed):
+            contained.run(sql)
+
+
+def raw_database(contained: Contained) -> Any:
+    """A tenant database exactly as the engine configures it, to run SQL that skips both checkers."""
+    return _TenantDatabase(f"{contained.objects}/1/", contained.engine.config, TenantId(1)).database.cursor()
+
+
+def test_duckdb_itself_reads_the_tenants_own_folder_and_nothing_else(contained: Contained) -> None:
+    raw = raw_database(contained)
+    own = contained.objects / OWN
+    assert raw.sql(f"SELECT id, secret FROM read_parquet('{own}')").fetchall() == [(1, "mine")]
+    for sql in ESCAPES.values():
+        with pytest.raises(duckdb.Error):
+            raw.sql(sql.format(objects=contained.objects)).fetchall()
 
 
 ESCAPES = {

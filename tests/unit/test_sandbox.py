@@ -169,6 +169,25 @@ HOSTILE: list[tuple[str, str]] = [
     ("pg_class", "SELECT * FROM pg_class"),
     ("pg_settings", "SELECT * FROM pg_settings"),
     ("sqlite_master", "SELECT * FROM sqlite_master"),
+    # issue 11, finding 1: functions the deny-list missed, in every place a function can appear
+    ("lateral_table_function", "SELECT * FROM events e, LATERAL destroy_external_resource('query', 'SELECT 1')"),
+    ("join_lateral_table_function", "SELECT * FROM events e JOIN LATERAL json_each(e.name) j ON true JOIN LATERAL"
+     " destroy_external_resource('query', 'SELECT 1') d ON true"),
+    ("external_resource_scalar", "SELECT destroy_external_resource('query', 'SELECT current_setting(''x'')')"),
+    ("external_resource_in_error", "SELECT error((SELECT string_agg(x::VARCHAR, ',') FROM"
+     " destroy_external_resource('query', 'SELECT 1') t(x)))"),
+    ("serialize_plan", "SELECT json_serialize_plan('SELECT 1', optimize := true)"),
+    ("serialize_sql", "SELECT json_serialize_sql('SELECT 1')"),
+    ("version", "SELECT version()"),
+    ("sleep", "SELECT sleep_ms(100000)"),
+    ("write_log", "SELECT write_log('x')"),
+    ("nextval", "SELECT nextval('s')"),
+    ("getvariable", "SELECT getvariable('x')"),
+    ("pg_catalog_function", "SELECT pg_catalog.current_database()"),
+    ("qualified_scalar", "SELECT main.abs(1)"),
+    ("unknown_scalar", "SELECT some_future_reader('/etc/passwd')"),
+    ("table_function_in_positional_join", "SELECT * FROM events POSITIONAL JOIN test_all_types()"),
+    ("scalar_as_lateral", "SELECT * FROM events, LATERAL (SELECT * FROM repeat_row(1, num_rows := 3))"),
 ]
 
 # Former holes (fixed): CTE names are only in scope where DuckDB binds them, and utility
@@ -220,6 +239,27 @@ def test_the_battery_is_large_and_has_no_duplicates() -> None:
     assert len(HOSTILE) >= 40
     assert len({name for name, _ in HOSTILE}) == len(HOSTILE)
     assert len({sql for _, sql in HOSTILE}) == len(HOSTILE)
+
+
+def test_a_nesting_bomb_is_refused_as_an_invalid_query_not_an_internal_error() -> None:
+    for sql in ("SELECT " + "(" * 1000 + "1" + ")" * 1000, "SELECT " + "abs(" * 600 + "1" + ")" * 600,
+                "SELECT " + "NOT " * 3000 + "true", "SELECT " + "CASE WHEN true THEN " * 300 + "1" + " END" * 300):
+        with pytest.raises((QueryInvalid, SqlNotAllowed)):
+            check(sql, TABLES)
+
+
+def test_the_verdict_cache_is_bounded_in_bytes() -> None:
+    from duckmesh.query import sandbox
+
+    cache = sandbox._VerdictCache(max_bytes=10_000)
+    for n in range(100):
+        sql = f"SELECT {n} FROM events WHERE name = '{'x' * 500}'"
+        cache.put((sql, frozenset(TABLES)), check(sql, TABLES), len(sql) * 2)
+    assert cache.size_bytes <= 10_000
+    huge = "SELECT 1 FROM events WHERE " + " OR ".join(f"id = {i}" for i in range(500))
+    cache.put((huge, frozenset()), check(huge, TABLES), len(huge) * 2)  # one entry never fills the cache
+    assert cache.get((huge, frozenset())) is None
+    assert sandbox._VERDICTS.max_bytes == sandbox.CACHE_BYTES
 
 
 def test_refusals_name_what_was_refused() -> None:
@@ -286,6 +326,14 @@ ALLOWED: list[tuple[str, str, Any, set[str]]] = [
     ("trailing_semicolon", "SELECT * FROM users;", None, {"users"}),
     ("case_and_cast", "SELECT CASE WHEN amount > 1 THEN 'big' ELSE 'small' END, CAST(id AS VARCHAR) FROM events", None,
      {"events"}),
+    ("everyday_functions",
+     "SELECT approx_count_distinct(id), string_agg(name, ','), strftime(max(at), '%Y'), epoch_ms(1), greatest(1, 2),"
+     " list_sort([3, 1]), regexp_replace(max(name), 'a', 'b'), date_diff('day', min(at), max(at)),"
+     " coalesce(max(name), 'x'), median(amount), quantile_cont(amount, 0.9), any_value(id) FROM events", None,
+     {"events"}),
+    ("lateral_generator", "SELECT e.id, j.key FROM events e, LATERAL json_each(e.payload) j", None, {"events"}),
+    ("struct_list_syntax", "SELECT [1, 2][1], {'a': 1}.a, 'x' LIKE 'y', 'x' SIMILAR TO 'x', id IN (1, 2) FROM events",
+     None, {"events"}),
 ]
 
 

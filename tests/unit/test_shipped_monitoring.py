@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 from fastapi.routing import APIRoute
 
-from duckmesh.api.routers import ops, probes
+from duckmesh.api.routers import probes
 from duckmesh.observability import metrics
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -48,12 +48,15 @@ def _yaml(path: Path) -> dict[str, Any]:
 
 def test_the_example_scrape_config_loads_the_shipped_rules_and_scrapes_the_served_metrics_route() -> None:
     config = _yaml(DEPLOY / "prometheus" / "scrape.example.yml")
-    served = {route.path for module in (ops, probes) for route in module.router.routes if isinstance(route, APIRoute)}
+    served = {route.path for route in probes.metrics_router.routes if isinstance(route, APIRoute)}
 
     assert config["rule_files"] and all((DEPLOY / "prometheus" / f).is_file() for f in config["rule_files"])
     jobs = config["scrape_configs"]
     assert {job["job_name"] for job in jobs} == {"duckmesh-api", "duckmesh-coordinator", "duckmesh-compactor"}
     assert {job["metrics_path"] for job in jobs} == {"/v1/metrics"} <= served
+    # scraped on each process's metrics listener (DUCKMESH_METRICS_ADDR), never its API port
+    targets = [t for job in jobs for group in job["static_configs"] for t in group["targets"]]
+    assert len(set(targets)) == 3 and all(t.startswith("127.0.0.1:946") for t in targets)
     assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
 
 

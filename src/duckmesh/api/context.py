@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 from duckmesh.bus.base import IngestBus
 from duckmesh.catalog.db import CatalogPool
 from duckmesh.catalog.read_only import ReadOnlyCache
+from duckmesh.catalog.tenants import VerifiedKeys
 from duckmesh.config import Settings
 from duckmesh.ingest.backfill import BackfillService
 from duckmesh.ingest.service import IngestService
@@ -44,6 +45,8 @@ class AppContext:
     maintenance: MaintenanceService
     backfill: BackfillService
     assist: QueryAssistant | None = None  # None: query assist is off (POST /v1/query/translate answers 501)
+    # Keys verified recently (revocations reach it through NOTIFY, see cli/runtime.py).
+    keys: VerifiedKeys = field(default_factory=VerifiedKeys)
 
     @cached_property
     def read_only(self) -> ReadOnlyCache:

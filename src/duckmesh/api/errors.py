@@ -23,6 +23,15 @@ _HTTP_CODES = {
 }
 
 
+class BodyTooLarge(StarletteHTTPException):
+    """The request body passed its limit while being read (also for chunked bodies, which declare
+    no length). An HTTP exception, so FastAPI's body parsing lets it through as a 413."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, "request body too large")
+        self.limit = limit
+
+
 def error_response(
     status: int, code: str, message: str, *, retryable: bool = False, context: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
@@ -79,4 +88,5 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> Response:
         code, message = _HTTP_CODES.get(exc.status_code, ("HTTP_ERROR", str(exc.detail)))
-        return error_response(exc.status_code, code, message)
+        context = {"max_body_bytes": exc.limit} if isinstance(exc, BodyTooLarge) else None
+        return error_response(exc.status_code, code, message, context=context)

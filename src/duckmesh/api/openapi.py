@@ -18,7 +18,7 @@ DESCRIPTION = """\
 HTTP writers → snapshot-versioned Parquet tables → SQL over them with DuckDB, with an exact
 read-after-write guarantee through visibility tokens.
 
-**Authentication**: every `/v1` route except health, readiness and metrics needs an API key, sent as
+**Authentication**: every `/v1` route except health and readiness needs an API key, sent as
 `Authorization: Bearer <key>` or `X-API-Key: <key>` (click *Authorize*). A key belongs to one tenant
 and carries roles: `ingest_writer`, `query_reader`, `table_admin`, `ops_admin`.
 
@@ -235,6 +235,31 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
          "tenant": {"scope": "tenant", "tenant_id": 1, "reason": "restoring a backup", "set_by": "k_123",
                     "since": "2026-01-01T10:00:00+00:00"}},
     ),
+    ("post", "/v1/keys"): Operation(
+        "Create an API key (ops_admin)",
+        "A new key of the caller's tenant with the given roles and an optional `expires_at` (RFC 3339). The"
+        " secret (`key`) is in this answer only; the catalog keeps a salted hash. Audited as `key.create`.",
+        {"roles": ["ingest_writer", "query_reader"], "expires_at": "2026-12-31T00:00:00Z"},
+        {"key_id": "3f2a9c0d1e4b5a69", "tenant_id": 1, "roles": ["ingest_writer", "query_reader"],
+         "created_at": "2026-01-01T10:00:00+00:00", "expires_at": "2026-12-31T00:00:00+00:00", "revoked_at": None,
+         "last_used_at": None, "key": "dm_3f2a9c0d1e4b5a69_k1Zr0...shown-once"},
+    ),
+    ("get", "/v1/keys"): Operation(
+        "List API keys (ops_admin)",
+        "Every key of the caller's tenant with its roles, creation, expiry, revocation and last use (about a"
+        " minute precise); never a secret.", None,
+        {"keys": [{"key_id": "3f2a9c0d1e4b5a69", "tenant_id": 1, "roles": ["query_reader"],
+                   "created_at": "2026-01-01T10:00:00+00:00", "expires_at": None, "revoked_at": None,
+                   "last_used_at": "2026-01-02T08:15:00+00:00"}]},
+    ),
+    ("delete", "/v1/keys/{key_id}"): Operation(
+        "Revoke an API key (ops_admin)",
+        "Revokes a key of the caller's tenant; every server refuses it from its next request (revocations are"
+        " broadcast to the servers' key caches). Audited as `key.revoke`; revoked keys never come back.", None,
+        {"key_id": "3f2a9c0d1e4b5a69", "tenant_id": 1, "roles": ["query_reader"],
+         "created_at": "2026-01-01T10:00:00+00:00", "expires_at": None, "revoked_at": "2026-01-03T09:00:00+00:00",
+         "last_used_at": "2026-01-02T08:15:00+00:00"},
+    ),
     ("get", "/v1/audit"): Operation(
         "Audit trail (ops_admin)", "Admin and security-relevant actions of the tenant, newest first.", None,
         {"entries": [{"audit_id": 17, "action": "table.create", "object_type": "table", "object_id": "3",
@@ -248,8 +273,6 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         {"status": "ready", "checks": {"catalog": "ok", "migrations": "ok", "object_store": "ok"},
          "mode": "read_write", "read_only": {"global": False, "tenants": 0}},
     ),
-    ("get", "/v1/metrics"): Operation("Prometheus metrics", "Text exposition format (no key needed).", None,
-                                      "duckmesh_http_requests_total{method=\"GET\",route=\"/v1/health\"} 1.0\n"),
 }
 
 

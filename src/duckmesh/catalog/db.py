@@ -12,7 +12,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from duckmesh.errors import CatalogUnavailable
+from duckmesh.errors import CatalogUnavailable, RequestInvalid
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,12 @@ def redact_dsn(dsn: str) -> str:
     except psycopg.ProgrammingError:
         return "<unparseable dsn>"
     return f"host={info.get('host', '?')} dbname={info.get('dbname', '?')}"
+
+
+def _sqlstate_name(exc: psycopg.Error) -> str:
+    """The error's SQLSTATE name (never its message, which may quote values)."""
+    diag = getattr(exc, "sqlstate", None)
+    return type(exc).__name__ if diag is None else f"{type(exc).__name__} ({diag})"
 
 
 class CatalogPool:
@@ -84,6 +90,15 @@ class CatalogPool:
                 yield conn
         except (psycopg.OperationalError, TimeoutError) as exc:
             raise CatalogUnavailable("catalog database is not reachable") from exc
+        except psycopg.DataError as exc:
+            # A value from the request the catalog cannot hold or compare: a NUL character, an
+            # integer beyond 64 bits, a time out of range. The caller's mistake, never a crash.
+            raise RequestInvalid(
+                "a value in the request is out of range or contains a character the catalog cannot store"
+                " (NUL, invalid Unicode)", reason=_sqlstate_name(exc)
+            ) from None
+        except UnicodeEncodeError:
+            raise RequestInvalid("the request contains text that is not valid Unicode (a lone surrogate)") from None
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConn]:

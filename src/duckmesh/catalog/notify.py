@@ -23,11 +23,14 @@ READ_ONLY_CHANNEL = "duckmesh_read_only"
 
 class Listener:
     def __init__(
-        self, dsn: str, channels: tuple[str, ...], on_notify: Callable[[str, str], None] | None = None
+        self, dsn: str, channels: tuple[str, ...], on_notify: Callable[[str, str], None] | None = None,
+        on_connect: Callable[[], None] | None = None,
     ) -> None:
         self._dsn = dsn
         self._channels = channels
         self._on_notify = on_notify
+        # Called on every (re)connection: notifications sent while disconnected are lost.
+        self._on_connect = on_connect
         self._generation = 0
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
@@ -54,6 +57,8 @@ class Listener:
                 async with await psycopg.AsyncConnection.connect(self._dsn, autocommit=True) as conn:
                     for channel in self._channels:
                         await conn.execute(f"LISTEN {channel}")
+                    if self._on_connect is not None:
+                        self._on_connect()
                     self.connected.set()
                     backoff = 0.1
                     # Wake everyone once after (re)connecting: notifications may have been missed.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -13,7 +14,7 @@ import typer
 
 from duckmesh import __version__
 from duckmesh.bus import operations
-from duckmesh.catalog import audit, maintenance, migrate, read_only, tenants
+from duckmesh.catalog import audit, keys, maintenance, migrate, read_only, tenants
 from duckmesh.catalog.db import AsyncConn, CatalogPool
 from duckmesh.cli.runtime import (
     bad_file_lines,
@@ -23,10 +24,12 @@ from duckmesh.cli.runtime import (
     fail,
     load_settings,
 )
+from duckmesh.config import parse_duration
 from duckmesh.domain import Role, TenantId
 from duckmesh.errors import IntegrityCheckFailed
 from duckmesh.maintenance import backup, drill
 from duckmesh.maintenance.service import MaintenanceService
+from duckmesh.schema import parse_timestamp
 from duckmesh.storage.factory import open_object_store
 
 T = TypeVar("T")
@@ -335,34 +338,50 @@ def tenant_create(name: str) -> None:
     typer.echo(json.dumps({"tenant_id": tenant.tenant_id, "name": tenant.name}))
 
 
+def _expiry(expires_in: str | None, expires_at: str | None) -> datetime | None:
+    if expires_in and expires_at:
+        raise fail("error: give --expires-in or --expires-at, not both")
+    if expires_in:
+        try:
+            return datetime.now(UTC) + parse_duration(expires_in)
+        except ValueError as exc:
+            raise fail(f"error: --expires-in: {exc}") from None
+    if expires_at:
+        try:
+            return parse_timestamp(expires_at)
+        except ValueError as exc:
+            raise fail(f"error: --expires-at: {exc}") from None
+    return None
+
+
 @key_app.command("create")
 def key_create(
     tenant: TenantOpt,
     role: Annotated[list[Role], typer.Option(help="role (repeatable)")],
+    expires_in: Annotated[str | None, typer.Option(help="expire after this long: 30d, 12h, 90 days")] = None,
+    expires_at: Annotated[str | None, typer.Option(help="expire at this RFC 3339 time")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
-    """Create an API key (the secret is shown once)."""
+    """Create an API key (the secret is shown once); audited as key.create by actor cli."""
+    expiry = _expiry(expires_in, expires_at)
 
     async def create(conn: AsyncConn) -> tuple[tenants.ApiKey, str]:
         found = await tenants.get_tenant(conn, tenant)
-        created = await tenants.create_key(conn, found.tenant_id, role)
-        await audit.record(conn, None, "key.create", "api_key", created[0].key_id,
-                           {"roles": [r.value for r in role]}, tenant_id=found.tenant_id, actor="cli")
-        return created
+        return await keys.create(conn, found.tenant_id, role, expires_at=expiry, actor="cli")
 
     key, secret = _run_catalog(create)
-    out = {"key_id": key.key_id, "key": secret, "tenant_id": key.tenant_id, "roles": [r.value for r in key.roles]}
-    typer.echo(json.dumps(out) if as_json else f"key {key.key_id} (shown once): {secret}  roles: {out['roles']}")
+    out = {**key.to_json(), "key": secret}
+    expiry_note = f"  expires: {out['expires_at']}" if key.expires_at else ""
+    typer.echo(json.dumps(out) if as_json else
+               f"key {key.key_id} (shown once): {secret}  roles: {out['roles']}{expiry_note}")
 
 
 @key_app.command("revoke")
 def key_revoke(key_id: str) -> None:
-    """Revoke a key (takes effect on the next request)."""
+    """Revoke a key (every server refuses it from its next request); audited as key.revoke."""
 
     async def revoke(conn: AsyncConn) -> tenants.ApiKey:
-        revoked = await tenants.revoke_key(conn, key_id)
-        await audit.record(conn, None, "key.revoke", "api_key", key_id, {}, tenant_id=revoked.tenant_id, actor="cli")
-        return revoked
+        return await keys.revoke(conn, key_id, actor="cli")
 
     key = _run_catalog(revoke)
     typer.echo(json.dumps({"key_id": key.key_id, "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None}))
@@ -370,17 +389,14 @@ def key_revoke(key_id: str) -> None:
 
 @key_app.command("list")
 def key_list(tenant: TenantOpt) -> None:
-    """List keys (ids, roles, dates; never secrets), one JSON object per line."""
+    """List keys (ids, roles, created/expiry/revoked/last-used dates; never secrets), one JSON object per line."""
 
     async def listing(conn: AsyncConn) -> list[tenants.ApiKey]:
         found = await tenants.get_tenant(conn, tenant)
         return await tenants.list_keys(conn, found.tenant_id)
 
     for key in _run_catalog(listing):
-        typer.echo(json.dumps({
-            "key_id": key.key_id, "roles": [r.value for r in key.roles], "created_at": key.created_at.isoformat(),
-            "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
-        }))
+        typer.echo(json.dumps(key.to_json()))
 
 
 def register(app: typer.Typer, panel: str) -> None:

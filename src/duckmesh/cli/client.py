@@ -19,7 +19,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from duckmesh.cli.runtime import bad_file_lines, cli_errors, fail
-from duckmesh.client import Client
+from duckmesh.client import Client, calls
 from duckmesh.client.calls import RetryPolicy
 from duckmesh.client.config import config_path, load_config, save_profile
 from duckmesh.client.files import FORMATS, FileFormat
@@ -35,7 +35,7 @@ OutputFormat = Literal["table", "csv", "json", "ndjson", "arrow"]
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False)
-remote_app = typer.Typer(help="Maintenance runs on a server, for the key's tenant (needs ops_admin).",
+remote_app = typer.Typer(help="Maintenance runs and API keys on a server, for the key's tenant (needs ops_admin).",
                          no_args_is_help=True)
 profile_app = typer.Typer(help="Named servers and keys in the client config file.", no_args_is_help=True)
 
@@ -436,7 +436,8 @@ def remote_metrics(
     match: Annotated[str | None, typer.Option("--match", help="only lines containing this text")] = None,
     server: ServerOpt = None,
 ) -> None:
-    """A process's Prometheus metrics (GET /v1/metrics, no key), optionally only matching lines."""
+    """A process's Prometheus metrics, optionally only matching lines. ``--server`` is the process's
+    metrics listener (DUCKMESH_METRICS_ADDR, e.g. http://127.0.0.1:9464), not its API address."""
     with cli_errors(), Client(server, None, retry=RetryPolicy(attempts=2), timeout=15) as client:
         text = client.metrics()
     for line in text.splitlines():
@@ -473,6 +474,33 @@ def remote_read_only_status(server: ServerOpt = None, key: KeyOpt = None, profil
 
 
 remote_app.add_typer(read_only_remote, name="read-only")
+@remote_app.command("key-create")
+def remote_key_create(
+    role: Annotated[list[str], typer.Option(help="role (repeatable): ingest_writer, query_reader, ...")],
+    expires_at: Annotated[str | None, typer.Option(help="expire at this RFC 3339 time")] = None,
+    server: ServerOpt = None, key: KeyOpt = None, profile: ProfileOpt = None,
+) -> None:
+    """Create a key of this key's tenant (POST /v1/keys); the secret is printed once."""
+    body: dict[str, Any] = {"roles": role, **({"expires_at": expires_at} if expires_at else {})}
+    with cli_errors(), connect(server, key, profile) as client:
+        _print_json(client.request(calls.post("/v1/keys", body)))
+
+
+@remote_app.command("key-list")
+def remote_key_list(server: ServerOpt = None, key: KeyOpt = None, profile: ProfileOpt = None) -> None:
+    """Keys of this key's tenant with roles and dates, never secrets (GET /v1/keys)."""
+    with cli_errors(), connect(server, key, profile) as client:
+        _print_json(client.request(calls.get("/v1/keys")))
+
+
+@remote_app.command("key-revoke")
+def remote_key_revoke(
+    key_id: Annotated[str, typer.Argument(help="the key's id (key-list)")],
+    server: ServerOpt = None, key: KeyOpt = None, profile: ProfileOpt = None,
+) -> None:
+    """Revoke a key of this key's tenant (DELETE /v1/keys/{key_id})."""
+    with cli_errors(), connect(server, key, profile) as client:
+        _print_json(client.request(calls.delete(calls.key_path(key_id))))
 
 
 @profile_app.command("add")

@@ -25,10 +25,11 @@ from duckmesh.bus.postgres import PostgresBus
 from duckmesh.catalog.db import CatalogPool, embedded_dsn
 from duckmesh.catalog.liveness import Liveness
 from duckmesh.catalog.notify import INGEST_CHANNEL, READ_ONLY_CHANNEL, Listener
+from duckmesh.catalog.tenants import KEYS_CHANNEL, VerifiedKeys
 from duckmesh.config import Settings
 from duckmesh.coordinator.worker import Coordinator, CoordinatorConfig
 from duckmesh.errors import DuckMeshError, RemoteError
-from duckmesh.ingest.backfill import BackfillService
+from duckmesh.ingest.backfill import BackfillLimits, BackfillService
 from duckmesh.ingest.backpressure import Admission
 from duckmesh.ingest.service import IngestService
 from duckmesh.maintenance.compaction import CompactionPolicy
@@ -37,8 +38,9 @@ from duckmesh.maintenance.service import MaintenanceService
 from duckmesh.observability.logging import configure
 from duckmesh.query.assist import AssistConfig, QueryAssistant
 from duckmesh.query.barrier import VisibilityBarrier
-from duckmesh.query.engine import QueryEngine
+from duckmesh.query.engine import ExecutorConfig, QueryEngine
 from duckmesh.query.service import QueryLimits, QueryService
+from duckmesh.query.workers import WorkerLimits, WorkerPool
 from duckmesh.storage.base import ObjectStore
 from duckmesh.storage.cache import FileCache
 from duckmesh.storage.factory import open_object_store
@@ -120,14 +122,27 @@ def build_query_service(
     settings: Settings, pool: CatalogPool, store: ObjectStore, barrier: VisibilityBarrier
 ) -> QueryService:
     cache = FileCache(store, settings.resolved_cache_dir, settings.cache_max_bytes)
-    engine = QueryEngine(cache, memory_limit=settings.query_memory_limit, threads=settings.query_threads)
+    address_space = settings.resolved_query_worker_max_memory_bytes
+
+    def workers(config: ExecutorConfig) -> WorkerPool:
+        return WorkerPool(settings.query_workers, WorkerLimits(config, address_space))
+
+    per_tenant = settings.query_max_concurrency_per_tenant
+    engine = QueryEngine(
+        cache, memory_limit=settings.query_memory_limit, threads=settings.query_threads, cursors_per_tenant=1,
+        max_result_bytes=settings.query_max_result_bytes,
+        # A tenant's spill limit is shared by the queries it may run at once.
+        max_spill_bytes=max(settings.query_max_spill_bytes // per_tenant, 1024 * 1024), backend=workers,
+    )
     limits = QueryLimits(
         default_row_limit=settings.query_default_row_limit,
         max_row_limit=settings.query_max_row_limit,
         timeout=settings.query_timeout_ms / 1000,
         max_consistency_timeout=settings.max_consistency_timeout_ms / 1000,
-        max_concurrency=settings.query_max_concurrency,
+        max_concurrency=min(settings.query_max_concurrency, settings.query_workers),
+        max_concurrency_per_tenant=per_tenant,
         queue_timeout=settings.query_queue_timeout_ms / 1000,
+        max_sql_bytes=settings.query_max_sql_bytes,
     )
     return QueryService(pool, engine, barrier, limits)
 
@@ -206,6 +221,8 @@ async def open_runtime(settings: Settings, dsn: str, role: ProcessRole) -> Async
     listener = Listener(dsn, (INGEST_CHANNEL,)) if role.coordinates else None
     liveness = Liveness(dsn) if role.coordinates else None
     barrier = VisibilityBarrier(pool, dsn, poll_interval=settings.barrier_poll_interval_ms / 1000)
+    runtime: Runtime | None = None
+    revocations: Listener | None = None
     switches: Listener | None = None  # read-only switch changes: the API's cache reloads at once
     try:
         if listener is not None:
@@ -221,16 +238,24 @@ async def open_runtime(settings: Settings, dsn: str, role: ProcessRole) -> Async
             runtime.maintenance = build_maintenance_service(settings, pool, store)
         if role.serves_api and runtime.maintenance is not None:
             await barrier.start()
+            keys = VerifiedKeys(ttl=settings.auth_cache_seconds)
+            revocations = Listener(dsn, (KEYS_CHANNEL,), on_notify=keys.on_notify, on_connect=keys.clear)
+            await revocations.start()
             runtime.web = AppContext(
                 settings, pool, bus, store, build_ingest_service(settings, pool, bus, barrier),
                 build_query_service(settings, pool, store, barrier), runtime.maintenance,
-                BackfillService(pool, store, lease_seconds=settings.backfill_lease_seconds),
-                assist=build_query_assist(settings),
+                BackfillService(pool, store, lease_seconds=settings.backfill_lease_seconds, limits=BackfillLimits(
+                    settings.max_backfill_rows, settings.max_backfill_decoded_bytes, settings.max_payload_bytes)),
+                assist=build_query_assist(settings), keys=keys,
             )
             switches = Listener(dsn, (READ_ONLY_CHANNEL,), runtime.web.read_only.invalidate)
             await switches.start()
         yield runtime
     finally:
+        if runtime is not None and isinstance(runtime.web, AppContext):
+            runtime.web.query.close()
+        if revocations is not None:
+            await revocations.stop()
         if switches is not None:
             await switches.stop()
         await barrier.stop()

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 import typer
 import uvicorn
 
-from duckmesh.api.app import create_app
+from duckmesh.api.app import create_app, create_metrics_app
 from duckmesh.bus.operations import lag_by_tenant, table_lag_all
-from duckmesh.catalog import migrate, tenants
+from duckmesh.catalog import keys, migrate, tenants
 from duckmesh.catalog.db import redact_dsn
 from duckmesh.cli.runtime import ProcessRole, Runtime, catalog_dsn, cli_errors, load_settings, open_runtime
 from duckmesh.config import Settings
@@ -34,7 +34,7 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, setting: str = "DUCKMESH_HTTP_ADDR") -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted connections only when the
     # listener says TCP; without it Nagle + delayed ACKs add ~40 ms to small responses.
@@ -47,7 +47,8 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.listen(2048)
     except OSError as exc:
         sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}", http_addr=f"{host}:{port}") from None
+        raise ConfigError(f"cannot listen on {host}:{port} ({setting}): {exc.strerror}",
+                          **{setting.removeprefix("DUCKMESH_").lower(): f"{host}:{port}"}) from None
     sock.set_inheritable(True)
     return sock
 
@@ -78,20 +79,26 @@ def _workers(runtime: Runtime, stop: asyncio.Event) -> list[asyncio.Task[None]]:
     return tasks
 
 
-async def _serve(runtime: Runtime, sock: socket.socket) -> None:
+async def _serve(runtime: Runtime, sock: socket.socket, metrics_sock: socket.socket | None) -> None:
     """Serve until SIGTERM/SIGINT or until a worker fails; then stop everything together."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server = _Server(uvicorn.Config(
+    servers = [(_Server(uvicorn.Config(
         create_app(runtime.web), log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=10,
-    ))
-    tasks = [asyncio.create_task(server.serve(sockets=[sock]), name="http"), *_workers(runtime, stop)]
+    )), sock, "http")]
+    if metrics_sock is not None:
+        servers.append((_Server(uvicorn.Config(
+            create_metrics_app(), log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=2,
+        )), metrics_sock, "metrics"))
+    tasks = [asyncio.create_task(server.serve(sockets=[listening]), name=name) for server, listening, name in servers]
+    tasks += _workers(runtime, stop)
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
     stop.set()
-    server.should_exit = True
+    for server, _, _ in servers:
+        server.should_exit = True
     await asyncio.gather(*tasks, return_exceptions=True)
     stopper.cancel()
     for task in done:
@@ -102,17 +109,22 @@ async def _serve(runtime: Runtime, sock: socket.socket) -> None:
 
 
 async def _bootstrap(runtime: Runtime) -> None:
-    """Ensure the bootstrap tenant has a key and print how to use it (once)."""
+    """Ensure the bootstrap tenant has a key and print how to use it (once). Only ever creates a
+    key (audited, actor ``bootstrap``): a revoked bootstrap key stays revoked."""
     settings = runtime.settings
     async with runtime.pool.connection() as conn:
         tenant = await tenants.ensure_tenant(conn, settings.bootstrap_tenant)
+        secret = None
         if settings.bootstrap_api_key:
-            await tenants.create_key(conn, tenant.tenant_id, ALL_ROLES, settings.bootstrap_api_key)
-            secret = None
-        elif any(k.revoked_at is None for k in await tenants.list_keys(conn, tenant.tenant_id)):
-            secret = None
-        else:
-            _, secret = await tenants.create_key(conn, tenant.tenant_id, ALL_ROLES)
+            existing = await tenants.find_key(conn, tenant.tenant_id, settings.bootstrap_api_key)
+            if existing is None:
+                await keys.create(conn, tenant.tenant_id, ALL_ROLES, key=settings.bootstrap_api_key, actor="bootstrap")
+            elif existing.revoked_at is not None:
+                log.warning("bootstrap_key_revoked", extra={
+                    "key_id": existing.key_id, "hint": "DUCKMESH_BOOTSTRAP_API_KEY names a revoked key; it stays"
+                    " revoked: unset it or set a new key"})
+        elif not any(k.revoked_at is None for k in await tenants.list_keys(conn, tenant.tenant_id)):
+            _, secret = await keys.create(conn, tenant.tenant_id, ALL_ROLES, actor="bootstrap")
     base = f"http://{settings.http_addr}"
     lines = [f"DuckMesh is up on {base}  (tenant: {tenant.name})", f"  web console: {base}/   API docs: {base}/docs"]
     if secret:
@@ -134,24 +146,32 @@ def _run(role: ProcessRole) -> None:
     with cli_errors():
         # Bind first: a busy port fails before migrations, the catalog or any banner.
         sock = _bind(settings.http_host, settings.http_port)
+        metrics_sock = None
         try:
+            if settings.metrics_addr is not None:
+                host, _, port = settings.metrics_addr.rpartition(":")
+                metrics_sock = _bind(host.strip("[]"), int(port), "DUCKMESH_METRICS_ADDR")
             dsn = catalog_dsn(settings)
             if role is ProcessRole.UP:
                 migrate.upgrade(dsn)
             log.info("starting", extra={"role": role.value, "catalog": redact_dsn(dsn),
-                                        "http_addr": settings.http_addr})
-            asyncio.run(_main(settings, dsn, role, sock))
+                                        "http_addr": settings.http_addr, "metrics_addr": settings.metrics_addr})
+            asyncio.run(_main(settings, dsn, role, sock, metrics_sock))
         finally:
             sock.close()
+            if metrics_sock is not None:
+                metrics_sock.close()
 
 
-async def _main(settings: Settings, dsn: str, role: ProcessRole, sock: socket.socket) -> None:
+async def _main(
+    settings: Settings, dsn: str, role: ProcessRole, sock: socket.socket, metrics_sock: socket.socket | None
+) -> None:
     async with open_runtime(settings, dsn, role) as runtime:
         if role is ProcessRole.UP:
             await _bootstrap(runtime)
         elif role is ProcessRole.API and not settings.auth_required:
             log.warning("auth_disabled", extra={"hint": "X-Tenant-ID names the tenant"})
-        await _serve(runtime, sock)
+        await _serve(runtime, sock, metrics_sock)
 
 
 def up() -> None:

@@ -123,6 +123,14 @@ def post(path: str, body: Any) -> Call[dict[str, Any]]:
     return Call("POST", path, json_object, json=body)
 
 
+def delete(path: str) -> Call[dict[str, Any]]:
+    return Call("DELETE", path, json_object)
+
+
+def key_path(key_id: str) -> str:
+    return f"/v1/keys/{quote(key_id, safe='')}"
+
+
 def query_body(
     sql: str, *, params: dict[str, Any] | list[Any] | None = None, snapshot_id: int | None = None,
     snapshot_time: str | None = None, min_visibility_token: int | None = None,

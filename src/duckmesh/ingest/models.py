@@ -10,9 +10,9 @@ from duckmesh.errors import ValidationFailed
 
 
 class IngestRecord(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=512)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=512, pattern=r"^[^\x00]*$")
     op: str = "insert"
     payload: Any = None
     event_time: str | None = None
@@ -22,7 +22,8 @@ class IngestRequest(BaseModel):
     """The JSON-object body (the schema the OpenAPI document shows; the hot path decodes with
     msgspec structs generated per table, this model only explains shape errors)."""
 
-    model_config = ConfigDict(extra="forbid")
+    # strict: "yes" is not a boolean and "5" not a number here
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     records: list[IngestRecord] = Field(default_factory=list)
     wait_for_visibility: bool = False

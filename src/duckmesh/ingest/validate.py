@@ -30,7 +30,7 @@ from duckmesh.schema import (
     EPOCH_MILLIS_FROM,
     MAX_MICROS,
     MIN_MICROS,
-    TIMESTAMP_SHAPE,
+    TIMESTAMP_PATTERN,
     Column,
     PayloadValidator,
     TableSchema,
@@ -163,7 +163,7 @@ class RecordValidator:
         self._check_ops(ops)
         columns = [self._column(c, [get(p) for p in payloads], ops)
                    for c, get in zip(self.schema.columns, self._decoders.getters, strict=True)]
-        explicit = _timestamps(pa.array(given_times, pa.string()))
+        explicit = _instants(given_times)
         table = self._assemble(columns, ops, explicit, key_array)
         self._check_sizes(table)
         return Records(table, keys, _digests(table, explicit, any(k is not None for k in keys)), wait, timeout)
@@ -294,7 +294,7 @@ def _timestamps(values: pa.Array) -> pa.Array:
     """RFC 3339 text to UTC microseconds: 7-9 fractional digits truncated, no offset = UTC."""
     if values.null_count == len(values):
         return pa.nulls(len(values), _TIMESTAMP)
-    if not pc.all(pc.match_substring_regex(values, TIMESTAMP_SHAPE.pattern)).as_py():
+    if not pc.all(pc.match_substring_regex(values, TIMESTAMP_PATTERN + "$")).as_py():
         raise _Unfit  # not RFC 3339 (the slow path says which record)
     if pc.any(pc.match_substring_regex(values, _IRREGULAR_TIMESTAMP)).as_py():
         values = pc.replace_substring_regex(values, r"(\.\d{6})\d+", r"\1")
@@ -307,20 +307,19 @@ def _instants(values: list[Any]) -> pa.Array:
     """A timestamp column: all RFC 3339 text, or all epoch seconds / milliseconds as integers
     (anything else — a mix, fractions — is for the slow path)."""
     try:
-        return _timestamps(pa.array(values, pa.string()))
+        micros = _timestamps(pa.array(values, pa.string())).cast(pa.int64())
     except pa.ArrowTypeError:
-        pass
-    try:
-        numbers = pa.array(values, pa.int64())
-    except (pa.ArrowTypeError, pa.ArrowInvalid, OverflowError):
-        raise _Unfit from None
-    seconds = pc.less(pc.abs_checked(numbers), EPOCH_MILLIS_FROM)
-    micros = pc.add_checked(pc.multiply_checked(pc.if_else(seconds, numbers, 0), 1_000_000),
-                            pc.multiply_checked(pc.if_else(seconds, 0, numbers), 1000))
+        try:
+            numbers = pa.array(values, pa.int64())
+        except (pa.ArrowTypeError, pa.ArrowInvalid, OverflowError):
+            raise _Unfit from None
+        seconds = pc.less(pc.abs_checked(numbers), EPOCH_MILLIS_FROM)
+        micros = pc.add_checked(pc.multiply_checked(pc.if_else(seconds, numbers, 0), 1_000_000),
+                                pc.multiply_checked(pc.if_else(seconds, 0, numbers), 1000))
     if micros.null_count < len(micros) and (
         pc.min(micros).as_py() < MIN_MICROS or pc.max(micros).as_py() > MAX_MICROS
     ):
-        raise _Unfit  # outside the years 1-9999: the slow path says which record
+        raise _Unfit  # outside the years 1-9999 in UTC: the slow path says which record
     return micros.cast(_TIMESTAMP)
 
 

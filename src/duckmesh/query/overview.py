@@ -21,7 +21,6 @@ from duckmesh.catalog.tables import TableDef
 from duckmesh.catalog.tenants import Principal
 from duckmesh.domain import SnapshotId
 from duckmesh.errors import DuckMeshError
-from duckmesh.query.encode import encode_rows
 from duckmesh.query.models import QueryRequest
 from duckmesh.query.service import QueryOutcome, QueryService
 from duckmesh.schema import Column
@@ -126,8 +125,7 @@ class OverviewReader:
         except DuckMeshError as exc:
             log.warning("overview_count_failed", extra={"tenant_id": principal.tenant_id, "error_code": exc.error_code})
             return {}, None
-        rows = outcome.result.table.to_pylist()
-        return {defs[row["i"]].table_name: int(row["n"]) for row in rows}, outcome
+        return {defs[int(i)].table_name: int(n) for i, n in outcome.result.rows()}, outcome
 
     async def _samples(
         self, principal: Principal, table: TableDef, limit: int, trace_id: str | None
@@ -141,7 +139,7 @@ class OverviewReader:
             return []
         result = outcome.result
         names = [c["name"] for c in result.columns]
-        rows = encode_rows(result.table, [c["type"] for c in result.columns])
+        rows = result.rows()
         # Align with the table's columns by name (a column added after the data was written reads null).
         return [
             [_shorten(dict(zip(names, row, strict=True)).get(c.name)) for c in table.schema.columns] for row in rows

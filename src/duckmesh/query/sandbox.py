@@ -10,8 +10,9 @@ except the tenant's own file directory, and configuration locked.
 from __future__ import annotations
 
 import difflib
-import functools
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -20,23 +21,20 @@ from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
 from duckmesh.errors import QueryInvalid, SqlNotAllowed, TableNotFound
+from duckmesh.query import functions
 
-# Function names refused anywhere: file/URL readers, environment and settings access,
-# catalog introspection, dynamic SQL and extension loading.
-_DENIED_FUNCTIONS = re.compile(
-    r"^(read_.*|.*_scan|scan_.*|glob|getenv|current_setting|duckdb_.*|pragma_.*|query|query_table|"
-    r"sniff_csv|parquet_.*|iceberg_.*|delta_.*|load|install|.*_extension.*|file|which_secret|"
-    r"json_execute_serialized_sql|sql_auto_complete|enable_.*|disable_.*|checkpoint|force_checkpoint|"
-    r"from_substrait.*|get_substrait.*|set_.*|current_database|current_schemas?|"
-    r"has_.*_privilege|pg_.*|sqlite_.*|postgres_.*|mysql_.*|http.*|s3_.*|copy_.*|export_.*|import_.*)$",
-    re.IGNORECASE,
-)
 _REFUSED_STATEMENTS = (
     exp.Command, exp.Pragma, exp.Set, exp.Copy, exp.Create, exp.Insert, exp.Update, exp.Delete, exp.Drop,
     exp.Alter, exp.Use, exp.Attach, exp.Detach, exp.Install, exp.Describe, exp.Summarize,
 )
-# Table functions that only generate values (no I/O) may appear in FROM.
-_ALLOWED_TABLE_FUNCTIONS = (exp.GenerateSeries, exp.Unnest, exp.ExplodingGenerateSeries)
+# Where a function stands in for a table (FROM, JOIN, LATERAL): only generators may be called there.
+_TABLE_POSITIONS = (exp.Table, exp.Lateral, exp.From, exp.Join)
+# A call as sqlglot renders it for DuckDB: the name DuckDB will look up.
+_CALL_HEAD = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*\(")
+# Deeper nesting than any real query needs; refused before parsing (the parser recurses per level).
+MAX_NESTING = 128
+# Verdicts are cached up to this many bytes of SQL text and table names.
+CACHE_BYTES = 8 * 1024 * 1024
 
 
 # What people coming from other engines type, and where DuckMesh has it instead.
@@ -58,10 +56,46 @@ class CheckedQuery:
     tables: frozenset[str]
 
 
-def _function_name(node: exp.Func) -> str:
+def _call_name(node: exp.Func) -> str | None:
+    """The name DuckDB will call for ``node``, or None when sqlglot renders it as syntax that is
+    not a call (``[1, 2]``, ``CASE``, ``x + INTERVAL ...``); DuckDB's own parse of the final SQL is
+    checked again in the engine, so syntax cannot smuggle in a call either."""
     if isinstance(node, exp.Anonymous):
-        return str(node.name)
-    return str(node.sql_name())
+        return str(node.name).lower()
+    name = str(node.sql_name()).lower()
+    if functions.scalar_allowed(name) or functions.table_allowed(name):
+        return name
+    head = _CALL_HEAD.match(_render_shallow(node))
+    return head.group(1).lower() if head else None
+
+
+def _render_shallow(node: exp.Func) -> str:
+    """``node`` rendered for DuckDB with placeholder arguments (cheap even for deeply nested SQL)."""
+    args: dict[str, object] = {}
+    for key, value in node.args.items():
+        if isinstance(value, exp.Expr):
+            args[key] = exp.Literal.number(1)
+        elif isinstance(value, list):
+            args[key] = [exp.Literal.number(1) for _ in value]
+        else:
+            args[key] = value
+    try:
+        return str(type(node)(**args).sql(dialect="duckdb"))
+    except Exception:  # a generator that needs its real arguments: render the real node
+        return str(node.sql(dialect="duckdb"))
+
+
+def _check_function(node: exp.Func) -> None:
+    parent = node.parent
+    if isinstance(parent, exp.Dot) and node.arg_key == "expression":
+        raise SqlNotAllowed("qualified function names are not allowed", function=str(node.sql_name()).lower())
+    name = _call_name(node)
+    if isinstance(parent, _TABLE_POSITIONS) and node.arg_key == "this":
+        if name is None or not functions.table_allowed(name):
+            shown = name or str(node.sql_name()).lower()
+            raise SqlNotAllowed(f"table function {shown}() is not allowed", function=shown)
+    elif name is not None and not functions.scalar_allowed(name):
+        raise SqlNotAllowed(f"function {name}() is not allowed", function=name)
 
 
 def _inside(node: exp.Expr, ancestor: exp.Expr) -> bool:
@@ -101,15 +135,69 @@ def check(sql: str, tenant_tables: Iterable[str]) -> CheckedQuery:
     """Return the SQL to run and the tenant tables it reads; raise SqlNotAllowed or QueryInvalid.
 
     The verdict depends only on the text and the set of table names, so it is cached (repeated
-    dashboard queries skip the ~1 ms parse); refusals are not cached."""
-    return _check_cached(sql, frozenset(t.lower() for t in tenant_tables))
+    dashboard queries skip the ~1 ms parse); refusals are not cached. The cache is bounded in
+    bytes, not entries: a few huge texts cannot hold the process's memory. Blocking and CPU-bound
+    for long texts: call it off the event loop."""
+    allowed = frozenset(t.lower() for t in tenant_tables)
+    key = (sql, allowed)
+    found = _VERDICTS.get(key)
+    if found is None:
+        found = _check(sql, allowed)
+        _VERDICTS.put(key, found, len(sql) + len(found.sql) + sum(len(t) + 8 for t in allowed))
+    return found
 
 
-@functools.lru_cache(maxsize=4096)
-def _check_cached(sql: str, allowed: frozenset[str]) -> CheckedQuery:
+class _VerdictCache:
+    """Least recently used entries first out, bounded by the bytes of their texts."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple[str, frozenset[str]], tuple[CheckedQuery, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, frozenset[str]]) -> CheckedQuery | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            self._entries.move_to_end(key)
+            return entry[0]
+
+    def put(self, key: tuple[str, frozenset[str]], verdict: CheckedQuery, cost: int) -> None:
+        if cost > self.max_bytes // 8:
+            return  # one entry never takes more than an eighth of the cache
+        with self._lock:
+            previous = self._entries.pop(key, None)
+            if previous is not None:
+                self._bytes -= previous[1]
+            self._entries[key] = (verdict, cost)
+            self._bytes += cost
+            while self._bytes > self.max_bytes:
+                _, (_, freed) = self._entries.popitem(last=False)
+                self._bytes -= freed
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+
+_VERDICTS = _VerdictCache(CACHE_BYTES)
+
+
+def _check(sql: str, allowed: frozenset[str]) -> CheckedQuery:
     if not sql or not sql.strip():
         raise SqlNotAllowed("the query is empty")
     _refuse_other_dialects(sql)
+    if _nesting(sql) > MAX_NESTING:
+        raise QueryInvalid(f"the query is nested more than {MAX_NESTING} levels deep", max_nesting=MAX_NESTING)
+    try:
+        return _check_tree(sql, allowed)
+    except RecursionError:
+        raise QueryInvalid("the query is nested too deeply to check", max_nesting=MAX_NESTING) from None
+
+
+def _check_tree(sql: str, allowed: frozenset[str]) -> CheckedQuery:
     try:
         statements = [s for s in sqlglot.parse(sql, read="duckdb") if s is not None]
     except (ParseError, TokenError) as exc:
@@ -124,9 +212,7 @@ def _check_cached(sql: str, allowed: frozenset[str]) -> CheckedQuery:
     used: set[str] = set()
     for node in tree.walk():
         if isinstance(node, exp.Func):
-            name = _function_name(node)
-            if _DENIED_FUNCTIONS.match(name):
-                raise SqlNotAllowed(f"function {name.lower()}() is not allowed", function=name.lower())
+            _check_function(node)
         if isinstance(node, exp.Table):
             used |= _check_table(node, allowed, _visible_ctes(node))
         if isinstance(node, _REFUSED_STATEMENTS):
@@ -134,12 +220,23 @@ def _check_cached(sql: str, allowed: frozenset[str]) -> CheckedQuery:
     return CheckedQuery(tree.sql(dialect="duckdb"), frozenset(used))
 
 
+def _nesting(sql: str) -> int:
+    """The deepest parenthesis or bracket nesting of ``sql`` (quotes are not parsed: this only has
+    to bound what the parser will see, and a quoted bracket can only make the count larger)."""
+    depth = deepest = 0
+    for char in sql:
+        if char in "([{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in ")]}" and depth:
+            depth -= 1
+    return deepest
+
+
 def _check_table(node: exp.Table, allowed: frozenset[str], ctes: set[str]) -> set[str]:
     target = node.this
     if isinstance(target, exp.Func):
-        if isinstance(target, _ALLOWED_TABLE_FUNCTIONS):
-            return set()
-        raise SqlNotAllowed(f"table function {_function_name(target).lower()}() is not allowed")
+        return set()  # checked as a function in a table position
     if not isinstance(target, exp.Identifier):
         raise SqlNotAllowed("only the tenant's tables can be queried")
     if node.args.get("db") or node.args.get("catalog"):
@@ -148,7 +245,7 @@ def _check_table(node: exp.Table, allowed: frozenset[str], ctes: set[str]) -> se
     if name in ctes:
         return set()
     if name not in allowed:
-        if _SYSTEM_NAMES.match(name) or not _PLAIN_NAME.match(name):
+        if _SYSTEM_NAMES.match(name) or not _PLAIN_NAME.fullmatch(name):
             raise SqlNotAllowed(f"unknown table {target.this!r}", table=str(target.this))
         raise _table_not_found(str(target.this), allowed)
     return {name}

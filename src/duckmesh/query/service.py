@@ -1,18 +1,28 @@
 """Query orchestration: resolve the snapshot (and wait for the barrier), check the SQL, bind
-the tenant's tables to the snapshot's files, run it in DuckDB off the event loop, audit it."""
+the tenant's tables to the snapshot's files, run it in DuckDB off the event loop, audit it.
+
+Nothing of a query runs on the event loop: the SQL check runs on its own small thread pool, the
+engine (which waits for a worker process and receives the encoded result) on the query pool, so a
+query load can never block ingest, the coordinator or the probes, which use other pools. A tenant
+runs at most ``max_concurrency_per_tenant`` queries at once and the process ``max_concurrency``;
+waiting for a slot counts against the query's time limit and ends after ``queue_timeout`` with
+429 ``QUERY_CONCURRENCY_LIMIT``."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
 import socket
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from duckmesh.catalog import snapshots, tables, tokens
 from duckmesh.catalog.db import CatalogPool
@@ -22,7 +32,9 @@ from duckmesh.catalog.tenants import Principal
 from duckmesh.domain import SnapshotId, TableId, TenantId
 from duckmesh.errors import (
     DuckMeshError,
+    PayloadTooLarge,
     QueryConcurrencyLimit,
+    QueryTimeout,
     RequestInvalid,
     SnapshotNotFound,
     SnapshotSelectorConflict,
@@ -34,12 +46,13 @@ from duckmesh.merge import FileGroup
 from duckmesh.observability import metrics
 from duckmesh.query import sandbox
 from duckmesh.query.barrier import VisibilityBarrier
-from duckmesh.query.engine import BoundTable, EngineResult, QueryEngine
+from duckmesh.query.engine import BoundTable, EngineResult, QueryEngine, ResultFormat
 from duckmesh.query.models import QueryRequest
 from duckmesh.schema import TableSchema, parse_timestamp
 
 log = logging.getLogger(__name__)
 _FILE_SET_CACHE = 512
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -48,8 +61,10 @@ class QueryLimits:
     max_row_limit: int = 1_000_000
     timeout: float = 30.0
     max_consistency_timeout: float = 60.0
-    max_concurrency: int = 8
+    max_concurrency: int = 4
+    max_concurrency_per_tenant: int = 2
     queue_timeout: float = 2.0
+    max_sql_bytes: int = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -86,6 +101,11 @@ class QueryService:
         self._barrier = barrier
         self.limits = limits
         self._slots = asyncio.Semaphore(limits.max_concurrency)
+        self._tenant_slots: dict[TenantId, asyncio.Semaphore] = {}
+        # Separate thread pools: queries and SQL checks never take the threads that ingest, the
+        # coordinator and the probes use (the loop's default executor).
+        self._runner = ThreadPoolExecutor(limits.max_concurrency + 1, thread_name_prefix="duckmesh-query")
+        self._checker = ThreadPoolExecutor(2, thread_name_prefix="duckmesh-sql-check")
         self._owner = f"{socket.gethostname()}:{os.getpid()}"
         self._file_sets: OrderedDict[tuple[TenantId, SnapshotId], list[DataFile]] = OrderedDict()
         self._pinned: OrderedDict[tuple[TenantId, SnapshotId], dict[str, PinnedTable]] = OrderedDict()
@@ -133,7 +153,7 @@ class QueryService:
             async with self._pool.connection() as conn:
                 current = await snapshots.head(conn, tenant_id)
             pinned = await self._snapshot_tables(tenant_id, current.snapshot_id)
-            wanted = self._read_table_ids(request.sql or "", pinned)
+            wanted = await self._read_table_ids(request.sql or "", pinned)
             timeout = min(request.consistency_timeout_ms / 1000, self.limits.max_consistency_timeout)
             visible = await self._barrier.wait(tenant_id, token, timeout, wanted)
             wait_ms = visible.waited_ms
@@ -159,7 +179,7 @@ class QueryService:
         if token is not None:
             if token < 1 or token > issued:
                 raise VisibilityTokenInvalid("the token was never issued to this tenant", min_visibility_token=token)
-            wanted = self._read_table_ids(request.sql or "", pinned)
+            wanted = await self._read_table_ids(request.sql or "", pinned)
             marks = [p.watermark for p in pinned.values() if p.table.table_id in wanted] or [found.max_visibility_token]
             if min(marks) < token:
                 raise TokenScopeMismatch(
@@ -172,11 +192,13 @@ class QueryService:
         resolved = ResolvedSnapshot(found.snapshot_id, found.created_at, found.max_visibility_token, 0.0, True)
         return _Leased(resolved, pinned, lease_id)
 
-    @staticmethod
-    def _read_table_ids(sql: str, pinned: dict[str, PinnedTable]) -> frozenset[TableId]:
+    async def _off_loop(self, pool: ThreadPoolExecutor, call: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(pool, call, *args)
+
+    async def _read_table_ids(self, sql: str, pinned: dict[str, PinnedTable]) -> frozenset[TableId]:
         """The tables the SQL reads (empty when it names none of the snapshot's tables)."""
         try:
-            names = sandbox.check(sql, pinned).tables
+            names = (await self._off_loop(self._checker, sandbox.check, sql, tuple(pinned))).tables
         except DuckMeshError:
             return frozenset()  # the real check after resolution reports the error
         return frozenset(pinned[name].table.table_id for name in names if name in pinned)
@@ -244,13 +266,15 @@ class QueryService:
             bound.append(BoundTable(name, table.schema, groups, sum(f.file_size_bytes for f in mine)))
         return bound
 
-    async def execute(self, principal: Principal, request: QueryRequest, trace_id: str | None) -> QueryOutcome:
+    async def execute(
+        self, principal: Principal, request: QueryRequest, trace_id: str | None, fmt: ResultFormat = "json"
+    ) -> QueryOutcome:
         started = time.perf_counter()
         tenant_id = principal.tenant_id
         status, error_code = "ok", None
         outcome: QueryOutcome | None = None
         try:
-            outcome = await self._execute(principal, request, started)
+            outcome = await self._execute(principal, request, started, fmt)
             return outcome
         except DuckMeshError as exc:
             status, error_code = "error", exc.error_code
@@ -261,18 +285,23 @@ class QueryService:
             metrics.QUERY_LATENCY.labels(str(tenant_id)).observe(duration)
             await self._audit(principal, request, outcome, duration, status, error_code, trace_id)
 
-    async def _execute(self, principal: Principal, request: QueryRequest, started: float) -> QueryOutcome:
+    async def _execute(
+        self, principal: Principal, request: QueryRequest, started: float, fmt: ResultFormat
+    ) -> QueryOutcome:
         tenant_id = principal.tenant_id
         if not request.sql or not request.sql.strip():
             raise SqlRequired("the request has no sql")
+        if len(request.sql.encode("utf-8", "surrogatepass")) > self.limits.max_sql_bytes:
+            raise PayloadTooLarge(f"the SQL text is longer than {self.limits.max_sql_bytes} bytes",
+                                  max_sql_bytes=self.limits.max_sql_bytes)
         row_limit = min(request.row_limit or self.limits.default_row_limit, self.limits.max_row_limit)
         leased = await self.resolve(tenant_id, request)
         try:
-            checked = sandbox.check(request.sql, leased.tables)
+            checked = await self._off_loop(self._checker, sandbox.check, request.sql, tuple(leased.tables))
             bound = await self._bind(tenant_id, leased.resolved.snapshot_id, leased.tables, checked.tables)
             # A request may ask for less time than the server's cap, never more.
             timeout = min(request.timeout_ms / 1000, self.limits.timeout) if request.timeout_ms else self.limits.timeout
-            result = await self._run(tenant_id, bound, checked.sql, request.params, row_limit, timeout)
+            result = await self._run(tenant_id, bound, checked.sql, request.params, row_limit, timeout, fmt)
         finally:
             self._release(leased.lease_id)
         files = sum(t.file_count for t in bound)
@@ -282,20 +311,53 @@ class QueryService:
         return QueryOutcome(result, leased.resolved, (time.perf_counter() - started) * 1000, files, size)
 
     async def _run(
-        self, tenant_id: TenantId, bound: list[BoundTable], sql: str, params: Any, row_limit: int, timeout: float
+        self, tenant_id: TenantId, bound: list[BoundTable], sql: str, params: Any, row_limit: int, timeout: float,
+        fmt: ResultFormat,
     ) -> EngineResult:
+        queued = time.monotonic()
+        async with self._slot(tenant_id):
+            remaining = timeout - (time.monotonic() - queued)  # time spent queueing counts
+            if remaining <= 0:
+                raise QueryTimeout("the query waited for a slot longer than its time limit",
+                                   timeout_ms=int(timeout * 1000))
+            try:
+                return await self._off_loop(
+                    self._runner, self._engine.run, tenant_id, bound, sql, params, row_limit, remaining, fmt
+                )
+            except QueryTimeout as exc:
+                exc.context["timeout_ms"] = int(timeout * 1000)  # the query's limit, queueing included
+                raise
+
+    @contextlib.asynccontextmanager
+    async def _slot(self, tenant_id: TenantId) -> AsyncIterator[None]:
+        """One of the tenant's query slots, then one of the process's; 429 after ``queue_timeout``."""
+        mine = self._tenant_slots.get(tenant_id)
+        if mine is None:
+            mine = self._tenant_slots[tenant_id] = asyncio.Semaphore(self.limits.max_concurrency_per_tenant)
+        deadline = time.monotonic() + self.limits.queue_timeout
+        for semaphore, scope in ((mine, "tenant"), (self._slots, "server")):
+            try:
+                if semaphore.locked():
+                    await asyncio.wait_for(semaphore.acquire(), max(0.0, deadline - time.monotonic()))
+                else:
+                    await semaphore.acquire()
+            except TimeoutError:
+                if semaphore is self._slots:
+                    mine.release()
+                raise QueryConcurrencyLimit(
+                    f"too many queries are running ({scope} limit); retry shortly", retry_after_s=1, scope=scope,
+                ) from None
         try:
-            await asyncio.wait_for(self._slots.acquire(), self.limits.queue_timeout)
-        except TimeoutError:
-            raise QueryConcurrencyLimit(
-                "too many queries are running; retry shortly", retry_after_s=1
-            ) from None
-        try:
-            return await asyncio.to_thread(
-                self._engine.run, tenant_id, bound, sql, params, row_limit, timeout
-            )
+            yield
         finally:
             self._slots.release()
+            mine.release()
+
+    def close(self) -> None:
+        """Stop the engine's workers and the thread pools (the process is shutting down)."""
+        self._engine.close()
+        self._runner.shutdown(wait=False, cancel_futures=True)
+        self._checker.shutdown(wait=False, cancel_futures=True)
 
     async def _audit(
         self, principal: Principal, request: QueryRequest, outcome: QueryOutcome | None, duration: float,
@@ -310,7 +372,7 @@ class QueryService:
                         principal.tenant_id, principal.key_id,
                         hashlib.sha256((request.sql or "").encode()).hexdigest(),
                         outcome.snapshot.snapshot_id if outcome else None, duration * 1000,
-                        outcome.result.table.num_rows if outcome else None, status, error_code, trace_id,
+                        outcome.result.row_count if outcome else None, status, error_code, trace_id,
                     ),
                 )
         except DuckMeshError:

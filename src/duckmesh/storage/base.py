@@ -6,9 +6,11 @@ Methods are synchronous (callers in async code use ``asyncio.to_thread``).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Protocol
 
 from duckmesh.errors import StorageError
@@ -71,3 +73,21 @@ def check_prefix(prefix: str) -> str:
         except StorageError:
             raise StorageError("invalid object key prefix", prefix=prefix) from None
     return prefix
+
+
+def make_private_dirs(path: Path) -> None:
+    """Create ``path`` and every missing parent owner-only (0700): data never sits in folders other
+    local users can list."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for folder in reversed(missing):
+        folder.mkdir(mode=0o700, exist_ok=True)
+
+
+def write_private(path: Path, data: bytes, *, sync: bool = False) -> None:
+    """Write a new file readable by its owner only (0600)."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(data)
+        if sync:
+            handle.flush()
+            os.fsync(handle.fileno())

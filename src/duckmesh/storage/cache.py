@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from duckmesh.observability import metrics
-from duckmesh.storage.base import ObjectStore, check_key
+from duckmesh.storage.base import ObjectStore, check_key, make_private_dirs, write_private
 
 
 class FileCache:
@@ -30,7 +30,7 @@ class FileCache:
         self._fetching: dict[str, threading.Lock] = {}
         self.hits = 0
         self.misses = 0
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(self.directory)
 
     def root_for(self, prefix: str) -> str:
         """The directory under which the files of ``prefix`` (a tenant id) are read."""
@@ -74,9 +74,9 @@ class FileCache:
                     self.hits += 1
                     return str(target)
             data = self.store.get(key)
-            target.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dirs(target.parent)
             temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
-            temp.write_bytes(data)
+            write_private(temp, data)
             os.replace(temp, target)
             with self._lock:
                 self._sizes[key] = len(data)

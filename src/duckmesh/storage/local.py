@@ -12,7 +12,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from duckmesh.errors import ObjectNotFound, StorageError, TransientStorageError
-from duckmesh.storage.base import ObjectInfo, check_key, check_prefix
+from duckmesh.storage.base import ObjectInfo, check_key, check_prefix, make_private_dirs, write_private
 
 _TEMP_SUFFIX = ".dm-tmp"
 _CLASHES = (FileExistsError, NotADirectoryError, IsADirectoryError)
@@ -25,7 +25,7 @@ class LocalObjectStore:
             raise StorageError("local object store needs a file:// URL")
         self.url = url
         self.root = Path(unquote(parsed.path)).resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(self.root)
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
@@ -34,11 +34,8 @@ class LocalObjectStore:
         target = self._path(key)
         temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}{_TEMP_SUFFIX}")
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with open(temp, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
+            make_private_dirs(target.parent)
+            write_private(temp, data, sync=True)  # owner-only: 0600 files in 0700 folders
             os.replace(temp, target)
         except OSError as exc:
             with contextlib.suppress(OSError):

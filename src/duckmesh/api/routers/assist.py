@@ -44,7 +44,7 @@ class SchemaOverviewInfo(BaseModel):
 
 
 class TranslateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     prompt: str = Field(max_length=4000)
 

@@ -16,12 +16,13 @@ from duckmesh.domain import Role
 from duckmesh.observability.logging import trace_id_var
 
 router = api_router("tables")
+ROUTE = "/v1/tables/{table}/backfill"  # the one route with the large body limit (DUCKMESH_MAX_BACKFILL_BYTES)
 Writer = Annotated[Principal, Depends(writable(Role.TABLE_ADMIN))]
 _PARQUET_TYPES = ("application/vnd.apache.parquet", "application/x-parquet", "application/octet-stream")
 
 
 @router.post(
-    "/v1/tables/{table}/backfill",
+    ROUTE,
     responses={
         200: {"description": "published as one backfill snapshot (or the original result for a repeated id)"},
         400: {}, 401: {}, 403: {}, 404: {}, 409: {}, 413: {}, 503: {},
@@ -38,7 +39,10 @@ async def backfill(
     """Stream the body (NDJSON payload rows or one Parquet file) to disk, then load it."""
     ctx: AppContext = request.app.state.ctx
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    with tempfile.TemporaryDirectory(prefix="duckmesh-backfill-") as scratch:
+    # The body is scratch data of this server: under the state dir, owner-only, never the system temp dir.
+    scratch_root = ctx.settings.state_dir.resolve() / "scratch"
+    scratch_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="backfill-", dir=scratch_root) as scratch:
         body = Path(scratch) / "body"
         with open(body, "wb") as handle:
             async for chunk in request.stream():

@@ -21,15 +21,15 @@ Replayer = Annotated[Principal, Depends(writable(Role.OPS_ADMIN))]  # a replay i
 
 
 class ReplayRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    event_ids: list[int] = Field(min_length=1, max_length=10_000)
+    event_ids: list[Annotated[int, Field(ge=1, le=2**63 - 1)]] = Field(min_length=1, max_length=10_000)
 
 
 @router.get("/v1/dead-letters", responses={401: {}, 403: {}})
 async def list_dead_letters(
     principal: Ops, request: Request,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100, after: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100, after: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
 ) -> dict[str, Any]:
     ctx: AppContext = request.app.state.ctx
     rows = await dead_letters(ctx.pool, principal.tenant_id, limit, after)

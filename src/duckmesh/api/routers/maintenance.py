@@ -3,8 +3,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
-from pydantic import BaseModel, ConfigDict
+from fastapi import Depends, Path, Request
+from pydantic import BaseModel, ConfigDict, Field
 
 from duckmesh.api.auth import require
 from duckmesh.api.context import AppContext
@@ -12,7 +12,7 @@ from duckmesh.api.routing import api_router
 from duckmesh.catalog import audit, maintenance, tables
 from duckmesh.catalog.tenants import Principal
 from duckmesh.domain import Role
-from duckmesh.errors import RequestInvalid
+from duckmesh.errors import IntegrityCheckFailed, RequestInvalid
 from duckmesh.observability.logging import trace_id_var
 
 router = api_router("operations")
@@ -20,25 +20,25 @@ Ops = Annotated[Principal, Depends(require(Role.OPS_ADMIN))]
 
 
 class RunRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     table: str | None = None
     dry_run: bool = False
 
 
 class IntegrityRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     table: str | None = None
     deep: bool = False
 
 
 class PinRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    snapshot_id: int
-    reason: str
-    expires_at: datetime | None = None
+    snapshot_id: int = Field(ge=1, le=2**63 - 1)
+    reason: str = Field(max_length=1000, pattern=r"^[^\x00]*$")
+    expires_at: datetime | None = Field(default=None, strict=False)
 
 
 class RunResponse(BaseModel):
@@ -77,12 +77,19 @@ async def run_retention(principal: Ops, request: Request, body: RunRequest | Non
 async def run_integrity(principal: Ops, request: Request, body: IntegrityRequest | None = None) -> dict[str, Any]:
     ctx: AppContext = request.app.state.ctx
     body = body or IntegrityRequest()
-    await _audit(request, principal, "integrity.run", "tenant", str(principal.tenant_id), body.model_dump())
     table_id = None
     if body.table is not None:
         async with ctx.pool.connection() as conn:
             table_id = (await tables.get_table(conn, principal.tenant_id, body.table)).table_id
-    summary = await ctx.maintenance.integrity.run(principal.tenant_id, body.deep, table_id)
+    # Audited once it ran (a refused request, e.g. an unknown table, did not), failed or not.
+    try:
+        summary = await ctx.maintenance.integrity.run(principal.tenant_id, body.deep, table_id)
+    except IntegrityCheckFailed:
+        await _audit(request, principal, "integrity.run", "tenant", str(principal.tenant_id),
+                     {**body.model_dump(), "status": "failed"})
+        raise
+    await _audit(request, principal, "integrity.run", "tenant", str(principal.tenant_id),
+                 {**body.model_dump(), "status": "completed"})
     return {"status": "completed", "summary": summary}
 
 
@@ -97,7 +104,9 @@ async def pin_snapshot(body: PinRequest, principal: Ops, request: Request) -> di
 
 
 @router.delete("/v1/snapshots/pin/{snapshot_id}", status_code=204, responses={401: {}, 403: {}, 404: {}})
-async def unpin_snapshot(snapshot_id: int, principal: Ops, request: Request) -> None:
+async def unpin_snapshot(
+    snapshot_id: Annotated[int, Path(ge=1, le=2**63 - 1)], principal: Ops, request: Request
+) -> None:
     ctx: AppContext = request.app.state.ctx
     async with ctx.pool.connection() as conn:
         await maintenance.unpin(conn, principal.tenant_id, snapshot_id)

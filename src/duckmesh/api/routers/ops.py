@@ -41,7 +41,7 @@ async def lag(principal: Ops, request: Request) -> dict[str, Any]:
 @router.get("/v1/audit", responses={401: {}, 403: {}})
 async def audit_trail(
     principal: Ops, request: Request,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100, before: Annotated[int | None, Query(ge=1)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100, before: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
 ) -> dict[str, Any]:
     """Admin and security-relevant actions of the caller's tenant, newest first."""
     ctx: AppContext = request.app.state.ctx

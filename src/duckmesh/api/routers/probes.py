@@ -1,8 +1,11 @@
-"""Health, readiness and metrics: served by every process type, no key needed (scrapers and probes)."""
+"""Health and readiness on every process's HTTP listener, metrics on its metrics listener; no key
+needed (scrapers and probes). The readiness checks run on their own threads, so no query or
+ingest load can make a probe wait."""
 
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -14,6 +17,9 @@ from duckmesh.errors import NotReady
 from duckmesh.observability import metrics
 
 router = APIRouter(tags=["operations"])
+# Metrics show every tenant's ids and table names: served only on DUCKMESH_METRICS_ADDR.
+metrics_router = APIRouter(tags=["operations"])
+_PROBE_THREADS = ThreadPoolExecutor(2, thread_name_prefix="duckmesh-probe")
 
 
 @router.get("/v1/health")
@@ -35,7 +41,8 @@ async def ready(request: Request) -> dict[str, Any]:
     except Exception:
         checks["catalog"] = "unreachable"
     try:
-        await asyncio.wait_for(asyncio.to_thread(ctx.store.check_writable), timeout=5)
+        loop = asyncio.get_running_loop()
+        await asyncio.wait_for(loop.run_in_executor(_PROBE_THREADS, ctx.store.check_writable), timeout=5)
         checks["object_store"] = "ok"
     except Exception:
         checks["object_store"] = "not writable"
@@ -55,6 +62,7 @@ async def _read_only_mode(ctx: AppContext | OpsContext) -> dict[str, Any]:
             "read_only": {"global": state.global_switch is not None, "tenants": len(state.tenants)}}
 
 
-@router.get("/v1/metrics", response_class=Response)
+@metrics_router.get("/v1/metrics", response_class=Response)
+@metrics_router.get("/metrics", response_class=Response, include_in_schema=False)
 async def prometheus() -> Response:
     return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

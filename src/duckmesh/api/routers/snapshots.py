@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Depends, Query, Request
-from pydantic import BaseModel, ConfigDict
+from fastapi import Depends, Path, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
 
 from duckmesh.api import audit
 from duckmesh.api.auth import require
@@ -16,14 +16,15 @@ from duckmesh.domain import Role, TenantId
 from duckmesh.tables.restore import restore_snapshot
 
 router = api_router("snapshots")
+SnapshotIdPath = Annotated[int, Path(ge=1, le=2**63 - 1)]
 Reader = Annotated[Principal, Depends(require(Role.QUERY_READER, Role.TABLE_ADMIN, Role.OPS_ADMIN))]
 Ops = Annotated[Principal, Depends(require(Role.OPS_ADMIN))]
 
 
 class RestoreRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    snapshot_id: int
+    snapshot_id: int = Field(ge=1, le=2**63 - 1)
 
 
 async def _describe(ctx: AppContext, tenant_id: TenantId, found: list[Snapshot]) -> list[dict[str, Any]]:
@@ -47,7 +48,7 @@ async def _describe(ctx: AppContext, tenant_id: TenantId, found: list[Snapshot])
 @router.get("/v1/snapshots", responses={401: {}, 403: {}})
 async def list_snapshots(
     principal: Reader, request: Request,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100, before: Annotated[int | None, Query(ge=1)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100, before: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
 ) -> dict[str, Any]:
     ctx: AppContext = request.app.state.ctx
     async with ctx.pool.connection() as conn:
@@ -58,7 +59,7 @@ async def list_snapshots(
 
 
 @router.get("/v1/snapshots/{snapshot_id}", responses={401: {}, 403: {}, 404: {}})
-async def get_snapshot(snapshot_id: int, principal: Reader, request: Request) -> dict[str, Any]:
+async def get_snapshot(snapshot_id: SnapshotIdPath, principal: Reader, request: Request) -> dict[str, Any]:
     ctx: AppContext = request.app.state.ctx
     async with ctx.pool.connection() as conn:
         found = await snapshots.get_snapshot(conn, principal.tenant_id, snapshot_id)

@@ -23,7 +23,7 @@ Reader = Annotated[Principal, Depends(require(Role.TABLE_ADMIN, Role.QUERY_READE
 
 
 class ColumnSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str
     type: str
@@ -71,7 +71,7 @@ class ReferenceAliases(BaseModel):
 
 
 class CreateTable(ReferenceAliases):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     table_name: str = Field(pattern=NAME_PATTERN.pattern)
     columns: list[ColumnSpec] = Field(min_length=1)
@@ -136,7 +136,7 @@ class AlterTable(ReferenceAliases):
     """The primary key and partitioning never change; when a client sends them (e.g. the whole
     definition it read), they must equal the table's."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     columns: list[ColumnSpec] = Field(min_length=1)
     compatibility_mode: CompatibilityMode | None = None
