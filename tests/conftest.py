@@ -190,7 +190,7 @@ async def app_context(
     await revocations.start()
     yield AppContext(settings, pool, bus, store, ingest, query, maintenance, BackfillService(pool, store), keys=keys)
     await revocations.stop()
-    query.close()  # its worker processes
+    await query.close()  # its audit rows, its worker processes
 
 
 @pytest.fixture

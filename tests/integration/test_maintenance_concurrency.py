@@ -124,6 +124,7 @@ async def test_compaction_loop_beside_ingest_and_queries_loses_nothing_and_never
     keyed = await query(client, headers, "SELECT id, v FROM kv ORDER BY id", row_limit=total)
     assert keyed["rows"] == [[k, v] for k, v in sorted(expected_kv.items())]
     await _assert_watermarks_monotonic(pool, tenant_id)
+    await app_context.query.audit.flush()
     async with pool.connection() as conn:
         cur = await conn.execute("SELECT count(*) AS n FROM query_audit WHERE tenant_id = %s AND status <> 'ok'",
                                  (tenant_id,))

@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from duckmesh.api.app import create_metrics_app
+from duckmesh.api.context import AppContext
 from duckmesh.bus.operations import lag_by_tenant
 from duckmesh.bus.postgres import PostgresBus
 from duckmesh.catalog.db import CatalogPool
@@ -64,11 +65,16 @@ async def test_lag_gauges_are_kept_current_by_the_background_sampler(
 
 
 async def test_every_query_leaves_an_audit_row(
-    client: httpx.AsyncClient, make_key: KeyMaker, pool: CatalogPool
+    client: httpx.AsyncClient, make_key: KeyMaker, pool: CatalogPool, app_context: AppContext
 ) -> None:
     headers = await make_key()
     await client.post("/v1/query", headers=headers, json={"sql": "SELECT 42"})
     await client.post("/v1/query", headers=headers, json={"sql": "SELECT * FROM nowhere"})
+    for _ in range(100):  # written off the request path, in batches
+        if not app_context.query.audit.pending:
+            break
+        await asyncio.sleep(0.05)
+    assert app_context.query.audit.pending == 0, "the background writer wrote the rows by itself"
     async with pool.connection() as conn:
         cur = await conn.execute("SELECT status, error_code, row_count, sql_hash, trace_id FROM query_audit ORDER BY audit_id")
         rows = await cur.fetchall()

@@ -94,7 +94,7 @@ async def test_a_fenced_answer_becomes_a_clean_suggestion_the_sandbox_accepts(
 ])
 async def test_an_answer_that_would_escape_the_sandbox_is_flagged_and_never_run(
     ctx: QueryCtx, assist_on: FakeOpenAI, pool: CatalogPool, make_key: KeyMaker, answer: str, code: str,
-    refusal: str,
+    refusal: str, app_context: AppContext,
 ) -> None:
     client, headers, _ = ctx
     await _events(ctx)
@@ -110,6 +110,7 @@ async def test_an_answer_that_would_escape_the_sandbox_is_flagged_and_never_run(
     assert body["referenced_tables"] == []
     assert refusal in body["warnings"][0]
     assert "root:" not in response.text
+    await app_context.query.audit.flush()
     async with pool.connection() as conn:
         cur = await conn.execute("SELECT count(*) AS n FROM query_audit WHERE sql_hash = %s",
                                  (hashlib.sha256(body["sql"].encode()).hexdigest(),))

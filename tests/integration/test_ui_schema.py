@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import httpx
 
+from duckmesh.api.context import AppContext
 from duckmesh.catalog.db import CatalogPool
 from duckmesh.domain import Role
 from tests.conftest import KeyMaker, QueryCtx
@@ -65,18 +66,20 @@ async def test_sample_rows_are_bounded_by_the_query_parameter(ctx: QueryCtx) -> 
 
 
 async def test_samples_and_counts_go_through_the_query_path_under_the_callers_key(
-    ctx: QueryCtx, pool: CatalogPool, make_key: KeyMaker
+    ctx: QueryCtx, pool: CatalogPool, make_key: KeyMaker, app_context: AppContext
 ) -> None:
     client, headers, coordinator = ctx
     await create_table(client, headers, "events")
     assert (await client.post("/v1/ingest/events", headers=headers, json={"records": records(0, 3)})).status_code == 200
     await coordinator.run_once()
     reader = await make_key("acme", roles=[Role.QUERY_READER])
+    await app_context.query.audit.flush()
     async with pool.connection() as conn:
         before = (await (await conn.execute("SELECT count(*) AS n FROM query_audit")).fetchone() or {})["n"]
 
     assert (await schema(client, reader)).status_code == 200
 
+    await app_context.query.audit.flush()
     async with pool.connection() as conn:
         cur = await conn.execute("SELECT key_id, status, row_count FROM query_audit ORDER BY audit_id")
         audited = (await cur.fetchall())[before:]

@@ -253,7 +253,7 @@ async def open_runtime(settings: Settings, dsn: str, role: ProcessRole) -> Async
         yield runtime
     finally:
         if runtime is not None and isinstance(runtime.web, AppContext):
-            runtime.web.query.close()
+            await runtime.web.query.close()
         if revocations is not None:
             await revocations.stop()
         if switches is not None:

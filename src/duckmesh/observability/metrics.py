@@ -146,6 +146,10 @@ STORAGE_RETRIES = Counter("duckmesh_storage_retries_total", "Object store retrie
 
 # query
 QUERY_REQUESTS = _Counter("duckmesh_query_requests_total", "Queries", ["tenant", "status"], registry=REGISTRY)
+QUERY_AUDIT_DROPPED = Counter(
+    "duckmesh_query_audit_dropped_total", "Query audit rows dropped (the catalog was unreachable too long)",
+    registry=REGISTRY,
+)
 QUERY_LATENCY = _Histogram(
     "duckmesh_query_latency_seconds", "Query latency (server side, barrier wait included)", ["tenant"],
     buckets=_LATENCY, registry=REGISTRY,

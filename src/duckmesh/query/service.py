@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from duckmesh.catalog import snapshots, tables, tokens
@@ -45,6 +45,7 @@ from duckmesh.errors import (
 from duckmesh.merge import FileGroup
 from duckmesh.observability import metrics
 from duckmesh.query import sandbox
+from duckmesh.query.audit_log import QueryAuditLog, QueryAuditRow
 from duckmesh.query.barrier import VisibilityBarrier
 from duckmesh.query.engine import BoundTable, EngineResult, QueryEngine, ResultFormat
 from duckmesh.query.models import QueryRequest
@@ -111,6 +112,7 @@ class QueryService:
         self._pinned: OrderedDict[tuple[TenantId, SnapshotId], dict[str, PinnedTable]] = OrderedDict()
         self._schemas: dict[tuple[TableId, int], TableSchema] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self.audit = QueryAuditLog(pool)  # written in batches, off the request path
 
     async def _snapshot_tables(self, tenant_id: TenantId, snapshot_id: SnapshotId | None) -> dict[str, PinnedTable]:
         """The tables a snapshot pins (name -> table at its pinned schema version, watermark).
@@ -283,7 +285,11 @@ class QueryService:
             duration = time.perf_counter() - started
             metrics.QUERY_REQUESTS.labels(str(tenant_id), status).inc()
             metrics.QUERY_LATENCY.labels(str(tenant_id)).observe(duration)
-            await self._audit(principal, request, outcome, duration, status, error_code, trace_id)
+            self.audit.record(QueryAuditRow(
+                principal.tenant_id, principal.key_id, hashlib.sha256((request.sql or "").encode()).hexdigest(),
+                outcome.snapshot.snapshot_id if outcome else None, duration * 1000,
+                outcome.result.row_count if outcome else None, status, error_code, trace_id, datetime.now(UTC),
+            ))
 
     async def _execute(
         self, principal: Principal, request: QueryRequest, started: float, fmt: ResultFormat
@@ -353,27 +359,10 @@ class QueryService:
             self._slots.release()
             mine.release()
 
-    def close(self) -> None:
-        """Stop the engine's workers and the thread pools (the process is shutting down)."""
+    async def close(self) -> None:
+        """Write the audit rows still queued, stop the engine's workers and the thread pools (the
+        process is shutting down)."""
+        await self.audit.close()
         self._engine.close()
         self._runner.shutdown(wait=False, cancel_futures=True)
         self._checker.shutdown(wait=False, cancel_futures=True)
-
-    async def _audit(
-        self, principal: Principal, request: QueryRequest, outcome: QueryOutcome | None, duration: float,
-        status: str, error_code: str | None, trace_id: str | None,
-    ) -> None:
-        try:
-            async with self._pool.connection() as conn:
-                await conn.execute(
-                    "INSERT INTO query_audit (tenant_id, key_id, sql_hash, snapshot_id, duration_ms, row_count,"
-                    " status, error_code, trace_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    (
-                        principal.tenant_id, principal.key_id,
-                        hashlib.sha256((request.sql or "").encode()).hexdigest(),
-                        outcome.snapshot.snapshot_id if outcome else None, duration * 1000,
-                        outcome.result.row_count if outcome else None, status, error_code, trace_id,
-                    ),
-                )
-        except DuckMeshError:
-            log.warning("query_audit_failed", exc_info=True)
