@@ -77,7 +77,7 @@ def catalog_growth(bench: Bench, variant: str) -> dict[str, Any]:
 
 def lone_writer(bench: Bench) -> dict[str, Any]:
     profile = bench.profile
-    key = bench.tenant("lone-writer")
+    key = bench.tenant(f"lone-writer-{len(bench.tenants)}")
     with bench.api(key) as api:
         api.create_table("events", EVENT_COLUMNS)
     result = asyncio.run(load.lone_writer(bench.api_urls()[0], key, "events", profile.lone_batch,

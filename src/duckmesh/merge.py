@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from duckmesh.domain import OP_COLUMN, TOKEN_COLUMN
+from duckmesh.domain import EVENT_TIME_COLUMN, OP_COLUMN, TOKEN_COLUMN
 from duckmesh.schema import TableSchema, duckdb_type
 
 
@@ -59,23 +59,26 @@ def _projection(current: TableSchema, written: TableSchema) -> list[str]:
     return parts
 
 
-def view_sql(current: TableSchema, groups: Sequence[FileGroup]) -> str:
-    """The SELECT a table's view runs: user columns only, keyed tables resolved on read."""
+def view_sql(current: TableSchema, groups: Sequence[FileGroup], *, with_event_time: bool = False) -> str:
+    """The SELECT a table's view runs: user columns only (plus the event time when asked), keyed
+    tables resolved on read."""
     groups = [g for g in groups if g.paths]
+    extra = [EVENT_TIME_COLUMN] if with_event_time else []
     if not groups:
-        empty = ", ".join(f"CAST(NULL AS {duckdb_type(c.type)}) AS {quote(c.name)}" for c in current.columns)
-        return f"SELECT {empty} WHERE false"
+        empty = [f"CAST(NULL AS {duckdb_type(c.type)}) AS {quote(c.name)}" for c in current.columns]
+        empty += [f"CAST(NULL AS TIMESTAMPTZ) AS {name}" for name in extra]
+        return f"SELECT {', '.join(empty)} WHERE false"
     hidden = [TOKEN_COLUMN, OP_COLUMN] if current.keyed else []
     if len(groups) == 1:
         source = read_parquet(groups[0].paths)
-        projection = ", ".join(_projection(current, groups[0].written))
+        projection = ", ".join([*_projection(current, groups[0].written), *extra])
     else:
         branches = [
-            f"SELECT {', '.join([*_projection(current, g.written), *hidden])} FROM {read_parquet(g.paths)}"
+            f"SELECT {', '.join([*_projection(current, g.written), *hidden, *extra])} FROM {read_parquet(g.paths)}"
             for g in groups
         ]
         source = "(" + " UNION ALL ".join(branches) + ")"
-        projection = ", ".join(quote(c.name) for c in current.columns)
+        projection = ", ".join([*(quote(c.name) for c in current.columns), *extra])
     if not current.keyed:
         return f"SELECT {projection} FROM {source}"
     return f"SELECT {projection} FROM {source} {latest_version_filter(current, hide_deletes=True)}"

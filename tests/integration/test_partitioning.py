@@ -154,3 +154,65 @@ async def test_partition_columns_are_checked_when_a_table_is_created(ctx: QueryC
         "columns": [c for c in SALES if c["name"] != "country"], "compatibility_mode": "none"})
     assert drop_partition.status_code in (400, 409), drop_partition.text
     assert "partition column 'country' cannot be dropped" in drop_partition.json()["message"]
+
+
+async def test_a_query_that_fixes_the_partition_reads_only_its_files_and_answers_the_same(ctx: QueryCtx) -> None:
+    client, headers, coordinator = ctx
+    for name, key in (("plain", []), ("keyed", ["country", "id"])):
+        response = await client.post("/v1/tables", headers=headers, json={
+            "table_name": name, "columns": SALES, "partition_by": ["country"], "primary_key": key})
+        assert response.status_code == 201, response.text
+    token = 0
+    for round_ in range(2):
+        for name in ("plain", "keyed"):
+            rows = [{"id": i, "country": ["de", "fr", "it"][i % 3], "amount": round_ * 10 + i} for i in range(12)]
+            body = {"records": [{"idempotency_key": f"{round_}-{i}", "op": "upsert" if name == "keyed" else "insert",
+                                 "payload": row} for i, row in enumerate(rows)]}
+            response = await client.post(f"/v1/ingest/{name}", headers=headers, json=body)
+            token = response.json()["max_visibility_token"]
+        await coordinator.run_once()
+
+    for name in ("plain", "keyed"):
+        everything = await query(client, headers, f"SELECT country, id, amount FROM {name} ORDER BY ALL",
+                                 min_visibility_token=token)
+        assert everything["stats"]["scanned_files"] == 6
+        german = await query(client, headers, f"SELECT country, id, amount FROM {name} WHERE country = 'de'"
+                             " ORDER BY ALL")
+        assert german["stats"]["scanned_files"] == 2, "only the files of country de"
+        assert german["rows"] == [r for r in everything["rows"] if r[0] == "de"]
+        two = await query(client, headers, f"SELECT count(*) FROM {name} WHERE country IN ('de', 'it') AND id > 2")
+        assert two["stats"]["scanned_files"] == 4
+        assert two["rows"] == [[sum(1 for r in everything["rows"] if r[0] in ("de", "it") and r[1] > 2)]]
+        either = await query(client, headers, f"SELECT count(*) FROM {name} WHERE country = 'de' OR id = 1")
+        assert either["stats"]["scanned_files"] == 6, "an OR fixes nothing"
+    keyed = await query(client, headers, "SELECT sum(amount) FROM keyed WHERE country = 'fr'")
+    assert keyed["rows"] == [[sum(10 + i for i in range(12) if i % 3 == 1)]], "the latest version per key"
+
+
+async def test_the_event_time_a_writer_sent_is_queryable_by_name(ctx: QueryCtx) -> None:
+    client, headers, coordinator = ctx
+    await create_table(client, headers, "sales", columns=SALES)
+    token = await _ingest(client, headers, "sales", [{"id": 1}, {"id": 2}],
+                          event_time="2026-03-04T05:06:07.123456Z")
+    await coordinator.run_once()
+    answer = await query(client, headers, "SELECT id, _dm_event_time FROM sales ORDER BY id",
+                         min_visibility_token=token)
+    assert answer["rows"] == [[1, "2026-03-04T05:06:07.123456Z"], [2, "2026-03-04T05:06:07.123456Z"]]
+    plain = await query(client, headers, "SELECT * FROM sales ORDER BY id")
+    assert [c["name"] for c in plain["columns"]] == ["id", "country", "amount", "day"], "never in SELECT * alone"
+
+
+async def test_a_backfill_is_split_by_partition_values_in_one_snapshot(ctx: QueryCtx, pool: CatalogPool) -> None:
+    client, headers, _ = ctx
+    response = await client.post("/v1/tables", headers=headers, json={
+        "table_name": "sales", "columns": SALES, "partition_by": ["country"]})
+    assert response.status_code == 201, response.text
+    lines = "\n".join(f'{{"id": {i}, "country": "{["de", "fr"][i % 2]}", "amount": {i}}}' for i in range(40))
+    loaded = await client.post("/v1/tables/sales/backfill?backfill_id=b1", content=lines.encode(),
+                               headers={**headers, "Content-Type": "application/x-ndjson"})
+    assert loaded.status_code == 200, loaded.text
+    files = await _live(pool, await _tenant(pool), "sales")
+    assert sorted(f.partition["country"] for f in files) == ["de", "fr"] and sum(f.record_count for f in files) == 40
+    french = await query(client, headers, "SELECT count(*), sum(amount) FROM sales WHERE country = 'fr'",
+                         min_visibility_token=loaded.json()["max_visibility_token"])
+    assert french["rows"] == [[20, sum(range(1, 40, 2))]] and french["stats"]["scanned_files"] == 1

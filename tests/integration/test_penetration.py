@@ -56,7 +56,7 @@ async def tuned(app_context: AppContext) -> AsyncIterator[Any]:
     yield tune
     app_context.query = original
     for service in built:
-        service.close()
+        await service.close()
 
 
 # finding 1: SQL checker bypass ----------------------------------------------------------------

@@ -116,3 +116,56 @@ async def test_table_info_reports_latest_snapshot_stats(
     await _published(client, headers, coordinator, 7, 3)
     info = (await client.get("/v1/tables/events", headers=headers)).json()
     assert info["stats"]["rows"] == 10 and info["stats"]["files"] == 2 and info["stats"]["bytes"] > 0
+    assert info["stats"]["physical_rows"] == 10 and info["stats"]["logical_rows"] == 10
+
+
+async def test_keyed_table_stats_say_both_stored_and_visible_rows(
+    client: httpx.AsyncClient, make_key: KeyMaker, pool: CatalogPool, bus: PostgresBus, store: RetryingObjectStore
+) -> None:
+    headers = await make_key()
+    await create_table(client, headers, "kv", primary_key=["id"])
+    coordinator = Coordinator(pool, bus, store, CoordinatorConfig(owner="c"))
+    for round_ in range(3):  # the same 10 keys three times, then 4 of them deleted
+        await client.post("/v1/ingest/kv", headers=headers, json={"records": records(0, 10, prefix=f"r{round_}",
+                                                                                       op="upsert")})
+        await coordinator.run_once()
+    deletes = [{"idempotency_key": f"d{i}", "op": "delete", "payload": {"id": i}} for i in range(4)]
+    await client.post("/v1/ingest/kv", headers=headers, json={"records": deletes})
+    await coordinator.run_once()
+    info = (await client.get("/v1/tables/kv", headers=headers)).json()
+    assert info["stats"]["physical_rows"] == 34 and info["stats"]["rows"] == 34
+    assert info["stats"]["logical_rows"] == 6, "what a query sees: live keys after the merge"
+    listed = (await client.get("/v1/tables", headers=headers)).json()["tables"]
+    assert [t["stats"]["logical_rows"] for t in listed] == [6]
+
+
+async def test_restore_dry_run_lists_what_would_change_and_publishes_nothing(
+    client: httpx.AsyncClient, make_key: KeyMaker, pool: CatalogPool, bus: PostgresBus, store: RetryingObjectStore
+) -> None:
+    headers = await make_key()
+    await create_table(client, headers)
+    await create_table(client, headers, "kv", primary_key=["id"])
+    coordinator = Coordinator(pool, bus, store, CoordinatorConfig(owner="c"))
+    await _published(client, headers, coordinator, 0, 10)
+    target = (await _count(client, headers))["snapshot_id"]
+    await _published(client, headers, coordinator, 10, 5)
+    for round_ in range(2):
+        await client.post("/v1/ingest/kv", headers=headers, json={"records": records(0, 3, prefix=f"r{round_}",
+                                                                                       op="upsert")})
+        await coordinator.run_once()
+    await create_table(client, headers, "later")
+    head_before = (await client.get("/v1/snapshots?limit=1", headers=headers)).json()["snapshots"][0]["snapshot_id"]
+
+    dry = await client.post("/v1/snapshots/restore", headers=headers, json={"snapshot_id": target, "dry_run": True})
+    assert dry.status_code == 200, dry.text
+    tables = {t["table_name"]: t for t in dry.json()["tables"]}
+    assert tables["events"] | {} == {
+        "table_name": "events", "changed": True, "files_now": 2, "files_after": 1, "files_removed": 1,
+        "files_restored": 0, "rows_now": 15, "rows_after": 10, "stored_rows_now": 15, "stored_rows_after": 10}
+    assert tables["kv"]["changed"] and tables["kv"]["rows_now"] == 3 and tables["kv"]["stored_rows_now"] == 6
+    assert tables["kv"]["rows_after"] == 0 and tables["kv"]["files_after"] == 0
+    assert tables["later"]["changed"] is False and tables["later"]["rows_now"] is None
+    head_after = (await client.get("/v1/snapshots?limit=1", headers=headers)).json()["snapshots"][0]["snapshot_id"]
+    assert head_after == head_before, "a dry run publishes nothing"
+    gone = await client.post("/v1/snapshots/restore", headers=headers, json={"snapshot_id": 10**9, "dry_run": True})
+    assert gone.status_code == 404

@@ -168,7 +168,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("post", "/v1/snapshots/restore"): Operation(
         "Restore an old snapshot (ops_admin)",
         "Publishes a NEW `restore` snapshot whose file sets equal the old one's; history is kept and the"
-        " watermark does not go back.", {"snapshot_id": 80}, {**_SNAPSHOT, "snapshot_id": 92, "kind": "restore"},
+        " watermark does not go back. With `dry_run: true` it publishes nothing and answers 200 with, per"
+        " live table, `changed`, files and rows (`rows_*` as queries see them, `stored_rows_*` every stored"
+        " row) now and after.", {"snapshot_id": 80}, {**_SNAPSHOT, "snapshot_id": 92, "kind": "restore"},
     ),
     ("post", "/v1/snapshots/pin"): Operation(
         "Pin a snapshot (ops_admin)", "A pinned snapshot is never expired by retention.",

@@ -182,13 +182,18 @@ def tables(as_json: JsonOpt = False, server: ServerOpt = None, key: KeyOpt = Non
     if as_json:
         _print_json(found)
         return
-    table = Table("table", "version", "columns", "primary key", "rows", "files", "bytes", header_style="bold")
+    table = Table("table", "version", "columns", "primary key", "rows", "stored rows", "files", "bytes",
+                  header_style="bold")
     for info in found:
         stats = info.get("stats", {})
         table.add_row(info["table_name"], str(info["schema_version"]), str(len(info["columns"])),
-                      ", ".join(info.get("primary_key", [])) or "-", f"{stats.get('rows', 0):,}",
-                      str(stats.get("files", 0)), _bytes(stats.get("bytes", 0)))
+                      ", ".join(info.get("primary_key", [])) or "-", _rows(stats.get("logical_rows")),
+                      f"{stats.get('rows', 0):,}", str(stats.get("files", 0)), _bytes(stats.get("bytes", 0)))
     out.print(table if found else "no tables yet (create one: POST /v1/tables, see docs/getting-started.md)")
+
+
+def _rows(count: int | None) -> str:
+    return "?" if count is None else f"{count:,}"
 
 
 def _bytes(count: int) -> str:
@@ -219,7 +224,8 @@ def describe(
                         "primary key" if column["name"] in keys else "")
     out.print(columns)
     stats = info.get("stats", {})
-    out.print(f"rows {stats.get('rows', 0):,} · files {stats.get('files', 0)} · {_bytes(stats.get('bytes', 0))} · "
+    out.print(f"rows {_rows(stats.get('logical_rows'))} (stored {stats.get('rows', 0):,}) · "
+              f"files {stats.get('files', 0)} · {_bytes(stats.get('bytes', 0))} · "
               f"partition by {', '.join(info.get('partition_by', [])) or '-'} · "
               f"compatibility {info.get('compatibility_mode')} · created {info.get('created_at')}")
     versions = Table("version", "created", "mode", "columns", title="schema history", header_style="bold",
@@ -398,11 +404,13 @@ def remote_integrity(
 @remote_app.command("restore")
 def remote_restore(
     snapshot_id: Annotated[int, typer.Argument(help="the snapshot whose tables come back")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="only list the tables and rows that would change")]
+    = False,
     server: ServerOpt = None, key: KeyOpt = None, profile: ProfileOpt = None,
 ) -> None:
     """Publish a new snapshot with the file sets of an older one (POST /v1/snapshots/restore)."""
     with cli_errors(), connect(server, key, profile) as client:
-        _print_json(client.restore_snapshot(snapshot_id))
+        _print_json(client.restore_snapshot(snapshot_id, dry_run=dry_run))
 
 
 @remote_app.command("pin")

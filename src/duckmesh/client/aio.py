@@ -115,9 +115,11 @@ class AsyncClient(ClientBase):
     async def run_integrity(self, table: str | None = None, deep: bool = False) -> dict[str, Any]:
         return await self.request(calls.post("/v1/integrity/run", {"table": table, "deep": deep}))
 
-    async def restore_snapshot(self, snapshot_id: int) -> dict[str, Any]:
-        """Publish a new snapshot whose file sets equal ``snapshot_id``'s (ops_admin)."""
-        return await self.request(calls.post("/v1/snapshots/restore", {"snapshot_id": int(snapshot_id)}))
+    async def restore_snapshot(self, snapshot_id: int, dry_run: bool = False) -> dict[str, Any]:
+        """Publish a new snapshot whose file sets equal ``snapshot_id``'s (ops_admin); with
+        ``dry_run`` only list, per table, what would change."""
+        body = {"snapshot_id": int(snapshot_id), "dry_run": dry_run}
+        return await self.request(calls.post("/v1/snapshots/restore", body))
 
     async def pin_snapshot(self, snapshot_id: int, reason: str, expires_at: str | None = None) -> dict[str, Any]:
         body = {"snapshot_id": int(snapshot_id), "reason": reason, "expires_at": expires_at}

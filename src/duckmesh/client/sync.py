@@ -110,9 +110,10 @@ class Client(ClientBase):
     def run_integrity(self, table: str | None = None, deep: bool = False) -> dict[str, Any]:
         return self.request(calls.post("/v1/integrity/run", {"table": table, "deep": deep}))
 
-    def restore_snapshot(self, snapshot_id: int) -> dict[str, Any]:
-        """Publish a new snapshot whose file sets equal ``snapshot_id``'s (ops_admin)."""
-        return self.request(calls.post("/v1/snapshots/restore", {"snapshot_id": int(snapshot_id)}))
+    def restore_snapshot(self, snapshot_id: int, dry_run: bool = False) -> dict[str, Any]:
+        """Publish a new snapshot whose file sets equal ``snapshot_id``'s (ops_admin); with
+        ``dry_run`` only list, per table, what would change."""
+        return self.request(calls.post("/v1/snapshots/restore", {"snapshot_id": int(snapshot_id), "dry_run": dry_run}))
 
     def pin_snapshot(self, snapshot_id: int, reason: str, expires_at: str | None = None) -> dict[str, Any]:
         body = {"snapshot_id": int(snapshot_id), "reason": reason, "expires_at": expires_at}

@@ -203,7 +203,7 @@ async function loadTables() {
     state.tables = (await api("GET", "/v1/tables")).tables;
   } catch (err) { $("table-detail").replaceChildren(errorBox(err)); return; }
   $("table-list").replaceChildren(...state.tables.map((t) => el("li", { onclick: () => showTable(t.table_name) },
-    t.table_name, el("small", { class: "muted" }, `  ${t.stats.rows} rows`))));
+    t.table_name, el("small", { class: "muted" }, `  ${t.stats.logical_rows ?? t.stats.rows} rows`))));
   if (!state.tables.length) $("table-detail").replaceChildren(el("p", { class: "muted" }, "No tables yet."));
   else showTable(state.tables[0].table_name);
 }
@@ -219,7 +219,7 @@ async function showTable(name) {
       history.schemas.map((v) => [v.schema_version, v.created_at, v.compatibility_mode, v.columns.map((c) => `${c.name} ${c.type}`).join(", ")]));
     $("table-detail").replaceChildren(
       el("h3", {}, `${info.table_name} · schema version ${info.schema_version}`),
-      el("p", { class: "muted" }, `${info.stats.rows} rows · ${info.stats.files} files · ${info.stats.bytes} bytes · compatibility ${info.compatibility_mode}`),
+      el("p", { class: "muted" }, `${info.stats.logical_rows ?? "?"} rows (${info.stats.rows} stored) · ${info.stats.files} files · ${info.stats.bytes} bytes · compatibility ${info.compatibility_mode}`),
       columns, el("h4", {}, "Schema history"), versions);
   } catch (err) { $("table-detail").replaceChildren(errorBox(err)); }
 }

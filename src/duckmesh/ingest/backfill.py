@@ -30,7 +30,7 @@ from duckmesh.catalog.db import CatalogPool
 from duckmesh.catalog.tables import TableDef
 from duckmesh.catalog.tokens import Reservation, ReservationPending
 from duckmesh.columnar import canonical_table
-from duckmesh.datafiles import NewDataFile, backfill_key, write_parquet
+from duckmesh.datafiles import NewDataFile, backfill_key, partition_value, split_by, write_parquet
 from duckmesh.domain import EVENT_TIME_COLUMN, OP_COLUMN, TOKEN_COLUMN, Op, SnapshotKind, TenantId
 from duckmesh.errors import IdempotencyKeyReused, PayloadTooLarge, RecordsRequired, ValidationFailed
 from duckmesh.heartbeat import while_extending
@@ -227,21 +227,30 @@ class BackfillService:
         if not created:
             return self._existing(reservation, digest)
         full = await asyncio.to_thread(_with_hidden_columns, table, rows, reservation.min_token)
-        key = backfill_key(tenant_id, table.table_id, datetime.now(UTC).date(), reservation.min_token)
+        # One file per partition value (ADR 0009); all of them in the one backfill snapshot.
+        columns = list(table.schema.partition_by)
+        parts = await asyncio.to_thread(split_by, full, columns)
+        today = datetime.now(UTC).date()
+        keys = [backfill_key(tenant_id, table.table_id, today, pc.min(part.column(TOKEN_COLUMN)).as_py())
+                for _, part in parts]
         owner = f"backfill:{reservation.reservation_id}"
-        await intents.record(self._pool, tenant_id, owner, [key], self.lease_seconds)
+        await intents.record(self._pool, tenant_id, owner, keys, self.lease_seconds)
 
-        async def write() -> NewDataFile:
-            parquet = await asyncio.to_thread(write_parquet, full)
-            await asyncio.to_thread(self._store.put, key, parquet.data)
-            return parquet.new_file(table.table_id, table.schema_version, key)
+        async def write() -> list[NewDataFile]:
+            written = []
+            for key, (values, part) in zip(keys, parts, strict=True):
+                parquet = await asyncio.to_thread(write_parquet, part)
+                await asyncio.to_thread(self._store.put, key, parquet.data)
+                partition = {name: partition_value(v) for name, v in zip(columns, values, strict=True)}
+                written.append(parquet.new_file(table.table_id, table.schema_version, key, partition))
+            return written
 
         async def extend() -> None:
             await tokens.extend_reservation(self._pool, reservation, self.lease_seconds)
-            await intents.extend(self._pool, owner, self.lease_seconds, 1)
+            await intents.extend(self._pool, owner, self.lease_seconds, len(keys))
 
-        data_file = await while_extending(write(), extend, self.lease_seconds / 3)
-        plan = CommitPlan(tenant_id, SnapshotKind.BACKFILL, created_by, add=[data_file],
+        data_files = await while_extending(write(), extend, self.lease_seconds / 3)
+        plan = CommitPlan(tenant_id, SnapshotKind.BACKFILL, created_by, add=data_files,
                           requires=[ReservationPending(reservation), TablesLive([table.table_id])])
         snapshot = await commit(self._pool, plan)
         return BackfillResult(backfill_id, "visible", rows.num_rows, reservation.min_token, reservation.max_token,

@@ -66,6 +66,7 @@ class BoundTable:
     schema: TableSchema
     groups: tuple[FileGroup, ...] = ()
     file_bytes: int = 0
+    event_time: bool = False  # the view carries _dm_event_time (the query names it)
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -482,7 +483,8 @@ class QueryEngine:
             paths = dict(zip(keys, local_paths, strict=True))
             views = tuple(
                 (table.name, view_sql(table.schema, [
-                    FileGroup(g.written, tuple(paths[key] for key in g.paths)) for g in table.groups]))
+                    FileGroup(g.written, tuple(paths[key] for key in g.paths)) for g in table.groups],
+                    with_event_time=table.event_time))
                 for table in tables
             )
             job = Job(tenant_id, self.cache.root_for(str(tenant_id)), views, sql, params, max(row_limit, 0),

@@ -108,11 +108,28 @@ class OverviewReader:
             ))
         return SchemaOverview(tuple(found), snapshot_id, created_at, watermark)
 
+    async def logical_rows(
+        self, principal: Principal, defs: list[TableDef], trace_id: str | None
+    ) -> dict[str, int | None]:
+        """Rows a query sees per table (a keyed table's live keys after the merge; an append-only
+        table's stored rows, no query needed); None where the count query failed."""
+        keyed = [t for t in defs if t.schema.keyed]
+        counts, outcome = await self._counts(principal, keyed, trace_id)
+        return {t.table_name: counts.get(t.table_name) if t.schema.keyed and outcome is not None
+                else None if t.schema.keyed else t.stats.rows for t in defs}
+
     async def _run(self, principal: Principal, sql: str, row_limit: int, trace_id: str | None) -> QueryOutcome:
         return await self._query.execute(principal, QueryRequest(sql=sql, row_limit=row_limit), trace_id)
 
+    async def counts(
+        self, principal: Principal, defs: list[TableDef], trace_id: str | None, snapshot_id: int | None = None
+    ) -> dict[str, int] | None:
+        """Rows a query sees per table, in the head or in ``snapshot_id``; None if the query failed."""
+        counts, outcome = await self._counts(principal, defs, trace_id, snapshot_id)
+        return counts if outcome is not None or not defs else None
+
     async def _counts(
-        self, principal: Principal, defs: list[TableDef], trace_id: str | None
+        self, principal: Principal, defs: list[TableDef], trace_id: str | None, snapshot_id: int | None = None
     ) -> tuple[dict[str, int], QueryOutcome | None]:
         """Row counts of every table in one query, hence from one snapshot."""
         if not defs:
@@ -121,7 +138,8 @@ class OverviewReader:
             f"SELECT {i} AS i, count(*) AS n FROM {_quoted(t.table_name)}" for i, t in enumerate(defs)
         )
         try:
-            outcome = await self._run(principal, sql, len(defs), trace_id)
+            outcome = await self._query.execute(
+                principal, QueryRequest(sql=sql, row_limit=len(defs), snapshot_id=snapshot_id), trace_id)
         except DuckMeshError as exc:
             log.warning("overview_count_failed", extra={"tenant_id": principal.tenant_id, "error_code": exc.error_code})
             return {}, None

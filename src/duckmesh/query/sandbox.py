@@ -14,14 +14,14 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
 from duckmesh.errors import QueryInvalid, SqlNotAllowed, TableNotFound
-from duckmesh.query import functions
+from duckmesh.query import functions, pruning
 
 _REFUSED_STATEMENTS = (
     exp.Command, exp.Pragma, exp.Set, exp.Copy, exp.Create, exp.Insert, exp.Update, exp.Delete, exp.Drop,
@@ -54,6 +54,8 @@ _SYSTEM_NAMES = re.compile(r"^(pg_|duckdb_|sqlite_|information_schema|sys)", re.
 class CheckedQuery:
     sql: str
     tables: frozenset[str]
+    reads_event_time: bool = False  # the query names _dm_event_time: the views carry it
+    constraints: pruning.Constraints = field(default_factory=dict, compare=False)  # values WHERE fixes
 
 
 def _call_name(node: exp.Func) -> str | None:
@@ -217,7 +219,9 @@ def _check_tree(sql: str, allowed: frozenset[str]) -> CheckedQuery:
             used |= _check_table(node, allowed, _visible_ctes(node))
         if isinstance(node, _REFUSED_STATEMENTS):
             raise SqlNotAllowed("only read-only queries are allowed", statement=node.key)
-    return CheckedQuery(tree.sql(dialect="duckdb"), frozenset(used))
+    ctes = frozenset(cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE))
+    return CheckedQuery(tree.sql(dialect="duckdb"), frozenset(used), pruning.reads_event_time(tree),
+                        pruning.constraints(tree, frozenset(used), ctes))
 
 
 def _nesting(sql: str) -> int:

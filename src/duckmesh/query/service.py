@@ -44,12 +44,13 @@ from duckmesh.errors import (
 )
 from duckmesh.merge import FileGroup
 from duckmesh.observability import metrics
-from duckmesh.query import sandbox
+from duckmesh.query import pruning, sandbox
 from duckmesh.query.audit_log import QueryAuditLog, QueryAuditRow
 from duckmesh.query.barrier import VisibilityBarrier
 from duckmesh.query.engine import BoundTable, EngineResult, QueryEngine, ResultFormat
 from duckmesh.query.models import QueryRequest
-from duckmesh.schema import TableSchema, parse_timestamp
+from duckmesh.query.sandbox import CheckedQuery
+from duckmesh.schema import TableSchema, parse_timestamp, partitions_prunable
 
 log = logging.getLogger(__name__)
 _FILE_SET_CACHE = 512
@@ -250,22 +251,24 @@ class QueryService:
         return {key: self._schemas[key] for key in wanted}
 
     async def _bind(
-        self, tenant_id: TenantId, snapshot_id: SnapshotId | None, defs: dict[str, PinnedTable], names: frozenset[str]
+        self, tenant_id: TenantId, snapshot_id: SnapshotId | None, defs: dict[str, PinnedTable], checked: CheckedQuery
     ) -> list[BoundTable]:
-        used = {name: pinned.table for name, pinned in defs.items() if name in names}
+        used = {name: pinned.table for name, pinned in defs.items() if name in checked.tables}
         files = await self._live_files(tenant_id, snapshot_id)
         versions = await self._schema_versions(
             {(t.table_id, f.schema_version) for t in used.values() for f in files if f.table_id == t.table_id}
         )
         bound = []
         for name, table in sorted(used.items()):
-            mine = [f for f in files if f.table_id == table.table_id]
+            mine = _pruned([f for f in files if f.table_id == table.table_id], table.schema,
+                           checked.constraints.get(name, {}))
             by_version: dict[int, list[str]] = {}
             for data_file in mine:
                 by_version.setdefault(data_file.schema_version, []).append(data_file.path)
             groups = tuple(FileGroup(versions[(table.table_id, version)], tuple(paths))
                            for version, paths in sorted(by_version.items()))
-            bound.append(BoundTable(name, table.schema, groups, sum(f.file_size_bytes for f in mine)))
+            bound.append(BoundTable(name, table.schema, groups, sum(f.file_size_bytes for f in mine),
+                                    event_time=checked.reads_event_time))
         return bound
 
     async def execute(
@@ -304,7 +307,7 @@ class QueryService:
         leased = await self.resolve(tenant_id, request)
         try:
             checked = await self._off_loop(self._checker, sandbox.check, request.sql, tuple(leased.tables))
-            bound = await self._bind(tenant_id, leased.resolved.snapshot_id, leased.tables, checked.tables)
+            bound = await self._bind(tenant_id, leased.resolved.snapshot_id, leased.tables, checked)
             # A request may ask for less time than the server's cap, never more.
             timeout = min(request.timeout_ms / 1000, self.limits.timeout) if request.timeout_ms else self.limits.timeout
             result = await self._run(tenant_id, bound, checked.sql, request.params, row_limit, timeout, fmt)
@@ -366,3 +369,14 @@ class QueryService:
         self._engine.close()
         self._runner.shutdown(wait=False, cancel_futures=True)
         self._checker.shutdown(wait=False, cancel_futures=True)
+
+
+def _pruned(files: list[DataFile], schema: TableSchema, fixed: dict[str, frozenset[pruning.Literal]]) -> list[DataFile]:
+    """The files a query must read: every file, except — for a table whose partitions may be
+    skipped — those whose partition value the query's WHERE rules out (query/pruning.py)."""
+    columns = [c for c in schema.partition_by if c in fixed]
+    if not columns or not partitions_prunable(schema):
+        return files
+    types = {c.name: c.type for c in schema.columns}
+    return [f for f in files if all(
+        c not in f.partition or pruning.matches(types[c], f.partition[c], fixed[c]) is not False for c in columns)]

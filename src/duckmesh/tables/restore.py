@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from duckmesh.catalog import snapshots, tables
 from duckmesh.catalog.audit import AuditEntry
 from duckmesh.catalog.commit import CommitPlan, SnapshotRetained, WatermarkPolicy, commit
 from duckmesh.catalog.db import CatalogPool
-from duckmesh.catalog.snapshots import Snapshot
+from duckmesh.catalog.snapshots import DataFile, Snapshot
+from duckmesh.catalog.tables import TableDef
 from duckmesh.domain import SnapshotId, SnapshotKind, TenantId
 
 
@@ -22,3 +26,38 @@ async def restore_snapshot(
         effects=[audit] if audit is not None else [], watermark=WatermarkPolicy.KEEP,
     )
     return await commit(pool, plan)
+
+
+@dataclass(frozen=True)
+class TableChange:
+    """What a restore would do to one live table."""
+
+    table: TableDef
+    files_now: frozenset[int]
+    files_after: frozenset[int]
+    stored_rows_now: int  # every stored row: a keyed table's older versions and delete markers too
+    stored_rows_after: int
+    existed_at_target: bool  # False: the table was created after the target, it would become empty
+
+    @property
+    def changed(self) -> bool:
+        return self.files_now != self.files_after
+
+
+async def restore_preview(pool: CatalogPool, tenant_id: TenantId, snapshot_id: int) -> list[TableChange]:
+    """A dry run of ``restore_snapshot``: per live table, its files and stored rows now and after
+    (the same rule: every live table gets its file set of the target; nothing is written)."""
+    async with pool.connection() as conn:
+        await snapshots.get_snapshot(conn, tenant_id, snapshot_id)  # 404 when gone
+        head = await snapshots.head(conn, tenant_id)
+        live = await tables.list_tables(conn, tenant_id)
+        now = await snapshots.live_files(conn, tenant_id, head.snapshot_id) if head.snapshot_id else []
+        target = await snapshots.live_files(conn, tenant_id, snapshot_id)
+        at_target = {p.table.table_id for p in await tables.tables_of_snapshot(conn, tenant_id, snapshot_id)}
+
+    def of(files: list[DataFile], table: TableDef) -> list[DataFile]:
+        return [f for f in files if f.table_id == table.table_id]
+
+    return [TableChange(t, frozenset(f.file_id for f in of(now, t)), frozenset(f.file_id for f in of(target, t)),
+                        sum(f.record_count for f in of(now, t)), sum(f.record_count for f in of(target, t)),
+                        t.table_id in at_target) for t in live]

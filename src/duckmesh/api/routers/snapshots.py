@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Depends, Path, Query, Request
+from fastapi import Depends, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from duckmesh.api import audit
@@ -13,7 +13,9 @@ from duckmesh.catalog import snapshots, tables
 from duckmesh.catalog.snapshots import Snapshot
 from duckmesh.catalog.tenants import Principal
 from duckmesh.domain import Role, TenantId
-from duckmesh.tables.restore import restore_snapshot
+from duckmesh.observability.logging import trace_id_var
+from duckmesh.query.overview import OverviewReader
+from duckmesh.tables.restore import restore_preview, restore_snapshot
 
 router = api_router("snapshots")
 SnapshotIdPath = Annotated[int, Path(ge=1, le=2**63 - 1)]
@@ -25,6 +27,7 @@ class RestoreRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     snapshot_id: int = Field(ge=1, le=2**63 - 1)
+    dry_run: bool = False  # list what would change; publish nothing
 
 
 async def _describe(ctx: AppContext, tenant_id: TenantId, found: list[Snapshot]) -> list[dict[str, Any]]:
@@ -77,10 +80,34 @@ async def get_snapshot(snapshot_id: SnapshotIdPath, principal: Reader, request: 
 
 
 @router.post("/v1/snapshots/restore", status_code=201, responses={401: {}, 403: {}, 404: {}})
-async def restore(body: RestoreRequest, principal: Ops, request: Request) -> dict[str, Any]:
+async def restore(body: RestoreRequest, principal: Ops, request: Request, response: Response) -> dict[str, Any]:
     ctx: AppContext = request.app.state.ctx
+    if body.dry_run:
+        response.status_code = 200
+        return await _restore_preview(ctx, principal, body.snapshot_id)
     created = await restore_snapshot(
         ctx.pool, principal.tenant_id, body.snapshot_id, audit.created_by(principal),
         audit.entry(principal, "snapshot.restore", "snapshot", str(body.snapshot_id)),
     )
     return (await _describe(ctx, principal.tenant_id, [created]))[0]
+
+
+async def _restore_preview(ctx: AppContext, principal: Principal, snapshot_id: int) -> dict[str, Any]:
+    """Per live table: whether a restore would change it, its files and its rows now and after.
+    ``rows_*`` are what a query sees (counted through the query path, now and at the target);
+    ``stored_rows_*`` every stored row (a keyed table's older versions and delete markers too)."""
+    changes = await restore_preview(ctx.pool, principal.tenant_id, snapshot_id)
+    reader = OverviewReader(ctx.pool, ctx.query)
+    changed = [c.table for c in changes if c.changed]
+    now = await reader.counts(principal, changed, trace_id_var.get())
+    after = await reader.counts(principal, [c.table for c in changes if c.changed and c.existed_at_target],
+                                trace_id_var.get(), snapshot_id)
+    return {"dry_run": True, "snapshot_id": snapshot_id, "tables": [{
+        "table_name": c.table.table_name, "changed": c.changed,
+        "files_now": len(c.files_now), "files_after": len(c.files_after),
+        "files_removed": len(c.files_now - c.files_after), "files_restored": len(c.files_after - c.files_now),
+        "rows_now": (now or {}).get(c.table.table_name) if c.changed else None,
+        "rows_after": (0 if not c.existed_at_target else (after or {}).get(c.table.table_name)) if c.changed
+        else None,
+        "stored_rows_now": c.stored_rows_now, "stored_rows_after": c.stored_rows_after,
+    } for c in changes]}

@@ -11,9 +11,12 @@ from duckmesh.api.context import AppContext
 from duckmesh.api.routing import api_router
 from duckmesh.api.write_guard import writable
 from duckmesh.catalog import tables
+from duckmesh.catalog.tables import TableDef
 from duckmesh.catalog.tenants import Principal
 from duckmesh.domain import Role
 from duckmesh.errors import SchemaIncompatible, ValidationFailed
+from duckmesh.observability.logging import trace_id_var
+from duckmesh.query.overview import OverviewReader
 from duckmesh.schema import NAME_PATTERN, CompatibilityMode, SchemaError, TableSchema
 from duckmesh.tables import lifecycle
 
@@ -91,7 +94,7 @@ class TableInfo(BaseModel):
     compatibility_mode: str
     created_at: str
     updated_at: str
-    stats: dict[str, int]
+    stats: dict[str, int | None]
 
 
 class TableList(BaseModel):
@@ -121,7 +124,7 @@ async def list_tables(principal: Reader, request: Request) -> dict[str, Any]:
     ctx: AppContext = request.app.state.ctx
     async with ctx.pool.connection() as conn:
         found = await tables.list_tables(conn, principal.tenant_id, with_stats=True)
-    return {"tenant_id": principal.tenant_id, "tables": [t.to_info() for t in found]}
+    return {"tenant_id": principal.tenant_id, "tables": await _with_logical_rows(ctx, principal, found)}
 
 
 @router.get("/v1/tables/{table}", response_model=TableInfo, responses={401: {}, 403: {}, 404: {}})
@@ -129,7 +132,20 @@ async def get_table(table: str, principal: Reader, request: Request) -> dict[str
     ctx: AppContext = request.app.state.ctx
     async with ctx.pool.connection() as conn:
         found = await tables.get_table(conn, principal.tenant_id, table, with_stats=True)
-    return found.to_info()
+    return (await _with_logical_rows(ctx, principal, [found]))[0]
+
+
+async def _with_logical_rows(ctx: AppContext, principal: Principal, found: list[TableDef]) -> list[dict[str, Any]]:
+    """Table infos whose stats say both what is stored (``rows``, ``physical_rows``: every version
+    and delete marker of a keyed table) and what a query sees (``logical_rows``, counted through the
+    query path for keyed tables, in one query)."""
+    logical = await OverviewReader(ctx.pool, ctx.query).logical_rows(principal, found, trace_id_var.get())
+    infos = []
+    for table in found:
+        info = table.to_info()
+        info["stats"] = {**info["stats"], "physical_rows": table.stats.rows, "logical_rows": logical[table.table_name]}
+        infos.append(info)
+    return infos
 
 
 class AlterTable(ReferenceAliases):
