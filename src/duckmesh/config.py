@@ -274,7 +274,7 @@ class Settings(BaseSettings):
     def _check_leases(self) -> Settings:
         """Every lease must be far shorter than the GC safety age: a worker that stalls past its
         lease can no longer publish, and nothing it could still publish is ever old enough to be
-        collected (ADR 0005)."""
+        collected (ADR 0006)."""
         safety = self.maintenance_gc_safety_age.total_seconds()
         for name in ("coordinator_lease_seconds", "maintenance_job_lease_seconds", "backfill_lease_seconds"):
             lease = float(getattr(self, name))

@@ -6,7 +6,9 @@ claimant that lost its liveness but kept working can publish nothing it no longe
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import psycopg
@@ -15,8 +17,11 @@ import pytest
 from duckmesh.bus.postgres import PostgresBus
 from duckmesh.catalog.db import CatalogPool
 from duckmesh.catalog.liveness import Liveness
+from duckmesh.coordinator import worker
+from duckmesh.coordinator.materialize import materialize
 from duckmesh.coordinator.worker import Coordinator, CoordinatorConfig
 from duckmesh.errors import LeaseLost
+from duckmesh.observability import metrics
 from duckmesh.storage.retry import RetryingObjectStore
 from tests.conftest import KeyMaker
 from tests.helpers import create_table, records, segment_states
@@ -116,3 +121,49 @@ async def test_claims_without_liveness_wait_for_their_lease(
     survivor = Coordinator(pool, PostgresBus(pool), store, CoordinatorConfig(owner="survivor"))
     await survivor.resolve_expired()
     assert await segment_states(pool, tenant) == {"claimed": 3}
+
+
+async def test_a_batch_whose_lease_extension_fails_ends_visibly_and_publishes_nothing(
+    client: httpx.AsyncClient, make_key: KeyMaker, pool: CatalogPool, store: RetryingObjectStore,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The extender is the batch's lifeline: when an extension finds the claim gone, the batch's
+    work is cancelled before it can publish, the failure is logged and counted, and the records
+    are published once by whoever took the claim over."""
+    headers, token = await _tenant_with_pending(client, make_key, 20)
+    tenant = await _tenant_id(pool)
+    release = threading.Event()
+
+    def stalled(*args: Any) -> Any:
+        release.wait(30)
+        return materialize(*args)
+
+    monkeypatch.setattr(worker, "materialize", stalled)
+    failures = metrics.SNAPSHOT_PUBLISH_FAILURES.labels("lease_lost")
+    before = failures._value.get()
+    stalled_coordinator = Coordinator(pool, PostgresBus(pool), store, CoordinatorConfig(owner="stalled", lease_seconds=0.9))
+    running = asyncio.create_task(stalled_coordinator.run_once())
+    try:
+        for _ in range(100):
+            if await segment_states(pool, tenant) == {"claimed": 20}:
+                break
+            await asyncio.sleep(0.05)
+        async with pool.connection() as conn:  # the claim is lost: its lease ran out and was taken over
+            await conn.execute("UPDATE ingest_segment SET lease_until = clock_timestamp() - interval '1 second'"
+                               " WHERE tenant_id = %s AND state = 'claimed'", (tenant,))
+        survivor = Coordinator(pool, PostgresBus(pool), store, CoordinatorConfig(owner="survivor"))
+        await survivor.resolve_expired()
+        assert await segment_states(pool, tenant) == {"accepted": 20}
+        claimed, _ = await asyncio.wait_for(running, 10)  # ends on its own while the work is still stalled
+        assert claimed
+    finally:
+        release.set()
+        running.cancel()
+    assert failures._value.get() == before + 1
+    assert any(r.getMessage() == "lease_extension_failed" for r in caplog.records)
+
+    monkeypatch.setattr(worker, "materialize", materialize)
+    await survivor.run_once()
+    assert await segment_states(pool, tenant) == {"committed": 20}
+    answer = await query(client, headers, "SELECT count(*), count(DISTINCT id) FROM events", min_visibility_token=token)
+    assert answer["rows"] == [[20, 20]], "every record exactly once, all from the survivor"

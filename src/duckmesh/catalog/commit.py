@@ -1,4 +1,4 @@
-"""The commit protocol: the one way a snapshot is published (ADR 0005).
+"""The commit protocol: the one way a snapshot is published (ADR 0006).
 
 A publisher (coordinator, backfill, table create/alter/drop, restore, compaction, retention)
 computes everything heavy first — Parquet files written under write intents, the files to add and

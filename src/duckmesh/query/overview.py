@@ -9,6 +9,7 @@ way and never sees another tenant's tables.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -29,6 +30,29 @@ log = logging.getLogger(__name__)
 MAX_SAMPLE_ROWS = 20
 # Sample values are hints, not data exports: long text is shortened.
 MAX_SAMPLE_TEXT = 256
+
+
+class _CountCache:
+    """(table id, snapshot id) -> rows a query sees, the most recent ``limit`` entries."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._entries: OrderedDict[tuple[int, int], int] = OrderedDict()
+
+    def get(self, table_id: int, snapshot_id: int | None) -> int | None:
+        if snapshot_id is None or (table_id, snapshot_id) not in self._entries:
+            return None
+        self._entries.move_to_end((table_id, snapshot_id))
+        return self._entries[(table_id, snapshot_id)]
+
+    def put(self, key: tuple[int, int], rows: int) -> None:
+        self._entries[key] = rows
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._limit:
+            self._entries.popitem(last=False)
+
+
+_LOGICAL_ROWS = _CountCache(10_000)
 
 
 @dataclass(frozen=True)
@@ -112,11 +136,19 @@ class OverviewReader:
         self, principal: Principal, defs: list[TableDef], trace_id: str | None
     ) -> dict[str, int | None]:
         """Rows a query sees per table (a keyed table's live keys after the merge; an append-only
-        table's stored rows, no query needed); None where the count query failed."""
+        table's stored rows, no query needed); None where the count query failed. A snapshot never
+        changes, so a keyed table's count at the head snapshot is counted once per process."""
         keyed = [t for t in defs if t.schema.keyed]
-        counts, outcome = await self._counts(principal, keyed, trace_id)
-        return {t.table_name: counts.get(t.table_name) if t.schema.keyed and outcome is not None
-                else None if t.schema.keyed else t.stats.rows for t in defs}
+        async with self._pool.connection() as conn:
+            head = await snapshots.head(conn, principal.tenant_id)
+        known = {t.table_name: _LOGICAL_ROWS.get(t.table_id, head.snapshot_id) for t in keyed}
+        missing = [t for t in keyed if known[t.table_name] is None]
+        counts, outcome = await self._counts(principal, missing, trace_id)
+        if outcome is not None and outcome.snapshot.snapshot_id is not None:
+            for table in missing:
+                _LOGICAL_ROWS.put((table.table_id, outcome.snapshot.snapshot_id), counts[table.table_name])
+        found = {**counts, **{name: n for name, n in known.items() if n is not None}}
+        return {t.table_name: found.get(t.table_name) if t.schema.keyed else t.stats.rows for t in defs}
 
     async def _run(self, principal: Principal, sql: str, row_limit: int, trace_id: str | None) -> QueryOutcome:
         return await self._query.execute(principal, QueryRequest(sql=sql, row_limit=row_limit), trace_id)

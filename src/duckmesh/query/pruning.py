@@ -2,19 +2,28 @@
 column (to skip files of other partitions) and whether it reads the event time.
 
 Only what cannot change a result is taken:
-- a table named exactly once in the query (one scan, so one WHERE decides which of its rows count);
-- top-level ``AND`` terms of that scan's own WHERE of the form ``column = literal`` or
-  ``column IN (literal, ...)``, the column qualified by the table's name or alias, or unqualified
-  when the table is the only source of that SELECT. Such terms are false for NULL and for every
-  other value, so rows of files whose partition holds another value could never pass them — in
-  any join position, outer joins included (a term that rejects NULL turns a row padded for a
-  missing match into no row, exactly as if the pruned rows were there and did not match);
-- literals only (no parameters, expressions or casts other than ``DATE '…'``).
+- a table named exactly once in the query (one scan, so one WHERE decides which of its rows count),
+  read as stored: no column aliases (``t(a, b)``), no PIVOT/UNPIVOT, no sample on the table or its
+  SELECT (a sample is drawn before WHERE);
+- in a SELECT whose joins are all plain (inner, outer, cross, semi, anti): ASOF and POSITIONAL
+  joins pair rows by position or nearest match, so removing rows changes what the others pair
+  with, and NATURAL joins are left alone too;
+- top-level ``AND`` terms of that SELECT's WHERE of the form ``column = literal`` or
+  ``column IN (literal, ...)``, the column qualified by the table's alias (or by its name when it
+  has none), or unqualified when the table is the only source of that SELECT. Such terms are
+  false for NULL and for every other value, so rows of files whose partition holds another value
+  could never pass them — in any plain join position, outer joins included (a term that rejects
+  NULL turns a row padded for a missing match into no row, exactly as if the pruned rows were
+  there and did not match);
+- literals only (no parameters, expressions or casts other than ``DATE '…'``). Each term is kept
+  apart (``Terms``): a file is skipped when one term rules it out once its literals are typed for
+  the column (query/service.py), never by comparing literals of two terms as text.
 Anything else simply prunes nothing.
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass
 from datetime import date
@@ -24,6 +33,7 @@ from typing import Any
 from sqlglot import exp
 
 from duckmesh.domain import EVENT_TIME_COLUMN
+from duckmesh.schema import decimal_params
 
 
 @dataclass(frozen=True)
@@ -32,8 +42,11 @@ class Literal:
     text: str
 
 
-# table name -> column name -> the literals the query allows for it
-Constraints = dict[str, dict[str, frozenset[Literal]]]
+# one term per tuple entry: the literals that term allows; every term must hold
+Terms = tuple[frozenset[Literal], ...]
+# table name -> column name -> its terms
+Constraints = dict[str, dict[str, Terms]]
+_PLAIN_JOIN_KINDS = frozenset({"", "INNER", "OUTER", "CROSS", "SEMI", "ANTI"})
 
 
 def reads_event_time(tree: exp.Expr) -> bool:
@@ -56,15 +69,15 @@ def constraints(tree: exp.Expr, tables: frozenset[str], ctes: frozenset[str]) ->
     return found
 
 
-def _fixed_by_where(scan: exp.Table) -> dict[str, frozenset[Literal]]:
+def _fixed_by_where(scan: exp.Table) -> dict[str, Terms]:
     source = scan.parent
     select = source.parent if isinstance(source, exp.From | exp.Join) else None
-    if not isinstance(select, exp.Select) or select.args.get("where") is None:
+    if not isinstance(select, exp.Select) or select.args.get("where") is None or not _read_as_stored(scan, select):
         return {}
     sources = [s for s in [select.args.get("from_"), *(select.args.get("joins") or [])] if s is not None]
     only_source = len(sources) == 1
-    names = {str(scan.this.this).lower(), str(scan.alias_or_name).lower()}
-    fixed: dict[str, frozenset[Literal]] = {}
+    names = {str(scan.alias_or_name).lower()}  # once aliased, the table's own name means something else
+    fixed: dict[str, Terms] = {}
     for term in _conjuncts(select.args["where"].this):
         column, values = _equality(term)
         if column is None or values is None:
@@ -73,8 +86,19 @@ def _fixed_by_where(scan: exp.Table) -> dict[str, frozenset[Literal]]:
         if (qualifier and qualifier not in names) or (not qualifier and not only_source):
             continue
         name = str(column.name).lower()
-        fixed[name] = fixed[name] & values if name in fixed else values  # two terms: both must hold
+        fixed[name] = (*fixed.get(name, ()), values)
     return fixed
+
+
+def _read_as_stored(scan: exp.Table, select: exp.Select) -> bool:
+    """The scan's rows reach the SELECT's WHERE as stored and pair with other rows by value only."""
+    alias = scan.args.get("alias")
+    if (alias is not None and alias.args.get("columns")) or scan.args.get("pivots") or scan.args.get("sample"):
+        return False
+    if select.args.get("sample"):
+        return False
+    return all(not join.args.get("method") and str(join.args.get("kind") or "").upper() in _PLAIN_JOIN_KINDS
+               for join in select.args.get("joins") or [])
 
 
 def _conjuncts(node: exp.Expr) -> list[exp.Expr]:
@@ -114,20 +138,53 @@ def _literal(node: exp.Expr) -> Literal | None:
 
 
 def matches(column_type: str, stored: Any, allowed: frozenset[Literal]) -> bool | None:
-    """Whether a file whose partition value is ``stored`` can hold rows the query keeps: True or
-    False when every allowed literal is comparable with the column's type, None (keep the file)
-    when one is not (DuckDB would cast, and a cast is not ours to predict)."""
+    """Whether a file whose partition value is ``stored`` can hold rows one term keeps: True or
+    False when every literal of the term is comparable with the column's type, None (keep the
+    file) when one is not (DuckDB would cast, and a cast is not ours to predict)."""
     wanted = [_typed(column_type, literal) for literal in allowed]
     if any(w is _UNKNOWN for w in wanted):
         return None
     if stored is None:
         return False  # NULL equals nothing
-    value = _typed(column_type, Literal("string", str(stored)) if column_type != "boolean"
-                   else Literal("bool", "true" if stored else "false"))
-    return value is not _UNKNOWN and value in wanted
+    value = _stored(column_type, stored)
+    return None if value is _UNKNOWN else value in wanted
+
+
+def _stored(column_type: str, stored: Any) -> Any:
+    """A partition value as recorded with its file (datafiles.partition_value), typed like literals."""
+    try:
+        if column_type in ("string", "date"):
+            return str(stored)
+        if column_type in ("int32", "int64"):
+            return int(stored)
+        if column_type.startswith("decimal"):
+            return Decimal(str(stored))
+        if column_type == "boolean":
+            return bool(stored)
+    except (ValueError, InvalidOperation):
+        return _UNKNOWN
+    return _UNKNOWN
 
 
 _UNKNOWN = object()
+_PLAIN_DECIMAL = re.compile(r"-?[0-9]{1,38}(\.[0-9]{1,38})?\Z")
+_PLAIN_INTEGER = re.compile(r"-?[0-9]{1,40}\Z")
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
+
+
+def _decimal(column_type: str, literal: Literal) -> Any:
+    """A number literal DuckDB compares exactly with the column: plain notation, no more digits
+    than a DECIMAL holds and no finer than the column's scale. A string is cast (and rounded) to
+    the column's scale by DuckDB, a long or exponent literal becomes a DOUBLE: neither is ours to
+    predict."""
+    if literal.kind != "number" or not _PLAIN_DECIMAL.match(literal.text):
+        return _UNKNOWN
+    value = Decimal(literal.text)
+    _, scale = decimal_params(column_type)
+    digits = len(value.as_tuple().digits)
+    if digits > 38 or -int(value.as_tuple().exponent) > scale:
+        return _UNKNOWN
+    return value
 
 
 def _typed(column_type: str, literal: Literal) -> Any:
@@ -135,12 +192,13 @@ def _typed(column_type: str, literal: Literal) -> Any:
         if column_type == "string":
             return literal.text if literal.kind == "string" else _UNKNOWN
         if column_type == "date":
-            return date.fromisoformat(literal.text).isoformat() if literal.kind in ("string", "date") else _UNKNOWN
+            ok = literal.kind in ("string", "date") and _ISO_DATE.match(literal.text)
+            return date.fromisoformat(literal.text).isoformat() if ok else _UNKNOWN
         if column_type in ("int32", "int64"):
-            return int(literal.text) if literal.kind in ("number", "string") and literal.text.lstrip("-").isdigit() \
-                else _UNKNOWN
+            ok = literal.kind in ("number", "string") and _PLAIN_INTEGER.match(literal.text)
+            return int(literal.text) if ok else _UNKNOWN
         if column_type.startswith("decimal"):
-            return Decimal(literal.text) if literal.kind in ("number", "string") else _UNKNOWN
+            return _decimal(column_type, literal)
         if column_type == "boolean":
             return literal.text == "true" if literal.kind == "bool" else _UNKNOWN
     except (ValueError, InvalidOperation):

@@ -20,6 +20,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
+from duckmesh.domain import EVENT_TIME_COLUMN
 from duckmesh.errors import QueryInvalid, SqlNotAllowed, TableNotFound
 from duckmesh.query import functions, pruning
 
@@ -220,7 +221,12 @@ def _check_tree(sql: str, allowed: frozenset[str]) -> CheckedQuery:
         if isinstance(node, _REFUSED_STATEMENTS):
             raise SqlNotAllowed("only read-only queries are allowed", statement=node.key)
     ctes = frozenset(cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE))
-    return CheckedQuery(tree.sql(dialect="duckdb"), frozenset(used), pruning.reads_event_time(tree),
+    reads_event_time = pruning.reads_event_time(tree)
+    natural = any(str(join.args.get("method") or "").upper() == "NATURAL" for join in tree.find_all(exp.Join))
+    if reads_event_time and natural:
+        raise QueryInvalid(f"a query that names {EVENT_TIME_COLUMN} cannot use NATURAL JOIN: every table then carries"
+                           " that column and the join would match on it too; join with ON or USING (columns)")
+    return CheckedQuery(tree.sql(dialect="duckdb"), frozenset(used), reads_event_time,
                         pruning.constraints(tree, frozenset(used), ctes))
 
 

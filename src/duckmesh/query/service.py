@@ -371,7 +371,7 @@ class QueryService:
         self._checker.shutdown(wait=False, cancel_futures=True)
 
 
-def _pruned(files: list[DataFile], schema: TableSchema, fixed: dict[str, frozenset[pruning.Literal]]) -> list[DataFile]:
+def _pruned(files: list[DataFile], schema: TableSchema, fixed: dict[str, pruning.Terms]) -> list[DataFile]:
     """The files a query must read: every file, except — for a table whose partitions may be
     skipped — those whose partition value the query's WHERE rules out (query/pruning.py)."""
     columns = [c for c in schema.partition_by if c in fixed]
@@ -379,4 +379,5 @@ def _pruned(files: list[DataFile], schema: TableSchema, fixed: dict[str, frozens
         return files
     types = {c.name: c.type for c in schema.columns}
     return [f for f in files if all(
-        c not in f.partition or pruning.matches(types[c], f.partition[c], fixed[c]) is not False for c in columns)]
+        c not in f.partition or pruning.matches(types[c], f.partition[c], term) is not False
+        for c in columns for term in fixed[c])]
