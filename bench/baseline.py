@@ -121,7 +121,9 @@ def run(ref: str, admin_dsn: str, profile: Profile, out: Path | None, keep: bool
         shutil.rmtree(work, ignore_errors=True)
     record["loadavg_end"] = _loadavg()
     # Flagged, not refused: the file still says what was measured, and the report prints the loads.
-    record["machine_loaded"] = any(v[0] >= IDLE_LOAD for v in (record["loadavg_start"], record["loadavg_end"]) if v)
+    # Only the load before the run tells of other work: at the end, the load average still holds
+    # the run's own processes.
+    record["machine_loaded"] = bool(record["loadavg_start"]) and record["loadavg_start"][0] >= IDLE_LOAD
     record["minutes"] = round((time.perf_counter() - began) / 60, 1)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(to_json(record))
