@@ -6,8 +6,10 @@ environment at import time.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
+from collections.abc import Mapping
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -331,3 +333,41 @@ class Settings(BaseSettings):
     @property
     def flush_interval(self) -> float:
         return self.coordinator_flush_interval_ms / 1000.0
+
+
+# DUCKMESH_* variables read outside Settings: the client's server, key and profile file, the
+# CLI's traceback switch and the test suite's catalog.
+OTHER_VARIABLES = frozenset({"DUCKMESH_SERVER", "DUCKMESH_API_KEY", "DUCKMESH_CONFIG", "DUCKMESH_TRACEBACK",
+                             "DUCKMESH_TEST_DSN"})
+
+
+# Settings of the reference implementation that are named differently here (or have no
+# counterpart): what to set instead (docs/coming-from-reference.md).
+REFERENCE_VARIABLES = {
+    "DUCKMESH_CATALOG_MAX_OPEN_CONNS": "DUCKMESH_CATALOG_POOL_SIZE",
+    "DUCKMESH_OBJECTSTORE_BUCKET": "DUCKMESH_OBJECT_STORE_URL=s3://bucket/prefix",
+    "DUCKMESH_OBJECTSTORE_PREFIX": "DUCKMESH_OBJECT_STORE_URL=s3://bucket/prefix",
+    "DUCKMESH_OBJECTSTORE_ENDPOINT": "DUCKMESH_S3_ENDPOINT",
+    "DUCKMESH_OBJECTSTORE_USE_SSL": "DUCKMESH_S3_ENDPOINT with an https URL",
+    "DUCKMESH_OBJECTSTORE_REGION": "DUCKMESH_S3_REGION",
+    "DUCKMESH_OBJECTSTORE_ACCESS_KEY": "DUCKMESH_S3_ACCESS_KEY_ID",
+    "DUCKMESH_OBJECTSTORE_SECRET_KEY": "DUCKMESH_S3_SECRET_ACCESS_KEY",
+    "DUCKMESH_OBJECTSTORE_AUTO_CREATE_BUCKET": "nothing: create the bucket beforehand",
+    "DUCKMESH_COORDINATOR_CONSUMER_ID": "DUCKMESH_COORDINATOR_ID",
+    "DUCKMESH_COORDINATOR_CREATED_BY": "DUCKMESH_COORDINATOR_ID",
+    "DUCKMESH_COORDINATOR_CLAIM_LIMIT": "DUCKMESH_COORDINATOR_MAX_BATCH_EVENTS",
+    "DUCKMESH_COORDINATOR_POLL_INTERVAL": "DUCKMESH_COORDINATOR_FLUSH_INTERVAL_MS",
+    "DUCKMESH_MAINTENANCE_COMPACTION_INTERVAL": "DUCKMESH_MAINTENANCE_COMPACTION_INTERVAL_S",
+    "DUCKMESH_MAINTENANCE_RETENTION_INTERVAL": "DUCKMESH_MAINTENANCE_RETENTION_INTERVAL_S",
+    "DUCKMESH_LOG_JSON": "DUCKMESH_LOG_FORMAT=json",
+    "DUCKMESH_AUTH_STATIC_KEYS": "keys in the catalog (duckmesh key create, DUCKMESH_BOOTSTRAP_API_KEY)",
+}
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """``DUCKMESH_*`` variables no setting reads (a typo, or a name of the reference implementation),
+    each with what to set instead when that is known or a setting's name is close."""
+    known = {f"DUCKMESH_{name.upper()}" for name in Settings.model_fields} | OTHER_VARIABLES
+    return [(name, REFERENCE_VARIABLES.get(name)
+             or next(iter(difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.85)), None))
+            for name in sorted(environ) if name.startswith("DUCKMESH_") and name not in known]

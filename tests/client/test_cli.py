@@ -12,7 +12,11 @@ import httpx
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from duckmesh.api.context import AppContext
+from duckmesh.cli.runtime import build_query_assist
 from tests.client.conftest import CliResult, LiveServer
+from tests.conftest import make_settings
+from tests.fake_openai import running_fake_openai
 from tests.helpers import create_table
 
 KEYED = [
@@ -135,6 +139,8 @@ async def test_sql_prints_a_typed_table_and_every_machine_format(
     as_arrow = ok(await run_cli("sql", query, "-f", "arrow", server=live_server))
     with pa.ipc.open_stream(as_arrow.stdout_bytes) as reader:
         assert reader.read_all().column("id").to_pylist() == [0, 1, 2]
+    ok(await run_cli("sql", query, "-f", "csv", "--limit", "2", "-o", str(tmp_path / "out.csv"), server=live_server))
+    assert (tmp_path / "out.csv").read_text().splitlines() == ['"id","amount"', "0,0.25", "1,1.25"]
 
 
 async def test_sql_reads_the_query_from_stdin_and_binds_params(live_server: LiveServer, run_cli: Any) -> None:
@@ -161,6 +167,11 @@ async def test_sql_time_travels_by_snapshot_id_and_by_time(
     by_time = ok(await run_cli("sql", "SELECT count(*) FROM events", "--at", old["snapshot_time"], "-f", "json",
                                server=live_server))
     assert json.loads(by_time.stdout)["rows"] == [[2]]
+    preview = json.loads(ok(await run_cli("remote", "restore", str(old["snapshot_id"]), "--dry-run",
+                                          server=live_server)).stdout)
+    (events,) = preview["tables"]
+    assert (events["table_name"], events["changed"], events["rows_now"], events["rows_after"]) == ("events", True, 7, 2)
+    assert await count(run_cli, live_server, second) == 7, "a dry run changes nothing"
 
 
 async def test_sql_errors_print_the_servers_code_and_message_and_no_traceback(
@@ -258,3 +269,32 @@ async def test_remote_key_commands_create_list_and_revoke_keys_of_the_servers_te
     assert created["key_id"] in {k["key_id"] for k in listed} and all("key" not in k for k in listed)
     revoked = json.loads(ok(await run_cli("remote", "key-revoke", created["key_id"], server=live_server)).stdout)
     assert revoked["revoked_at"]
+
+
+async def test_schema_and_ask_use_the_schema_overview_and_query_assist(
+    live_server: LiveServer, run_cli: Any, tmp_path: Path, app_context: AppContext
+) -> None:
+    await setup_table(live_server, primary_key=["id"])
+    token = last_token(ok(await run_cli("ingest", "events", str(write_ndjson(tmp_path / "e.ndjson", rows(3))),
+                                        "--op", "upsert", server=live_server)))
+    await count(run_cli, live_server, token)
+    overview = json.loads(ok(await run_cli("schema", "--samples", "2", "--json", server=live_server)).stdout)
+    (table,) = overview["tables"]
+    assert (table["table_name"], table["primary_key"], table["row_count"], len(table["sample_rows"])) == \
+        ("events", ["id"], 3, 2)
+    assert overview["translate_enabled"] is False
+    shown = ok(await run_cli("schema", server=live_server)).stdout
+    assert "events" in shown and "id int64 (key)" in shown and "rows 3" in shown
+    one_error_line(await run_cli("ask", "how many?", server=live_server), "TRANSLATE_NOT_CONFIGURED")
+
+    with running_fake_openai() as fake:
+        app_context.assist = build_query_assist(make_settings(
+            ai_translate_enabled=True, ai_base_url=fake.url, ai_model="fake-model", ai_timeout="5s"))
+        fake.answer("SELECT count(*) AS n FROM events")
+        answered = ok(await run_cli("ask", "how many events?", "--run", server=live_server)).stdout
+        assert "SELECT count(*) AS n FROM events" in answered and "accepted by the sandbox" in answered
+        assert "│ 3 │" in answered or " 3 " in answered, answered
+        fake.answer("SELECT * FROM read_csv('/etc/passwd')")
+        refused = await run_cli("ask", "show me the password file", "--run", server=live_server)
+        assert refused.returncode == 1 and "refused by the sandbox (SQL_NOT_ALLOWED)" in refused.stdout
+        assert "not run" in refused.stderr

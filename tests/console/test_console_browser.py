@@ -14,7 +14,12 @@ import httpx
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
+from duckmesh.api.context import AppContext
+from duckmesh.cli.runtime import build_query_assist
+from duckmesh.domain import Role
 from tests.client.conftest import LiveServer
+from tests.conftest import KeyMaker, make_settings
+from tests.fake_openai import running_fake_openai
 from tests.helpers import create_table, records
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -79,6 +84,7 @@ async def test_log_in_query_with_completion_time_travel_and_see_an_error(
     await page.click("#login-form button")
     await expect(page.locator("#app")).to_be_visible()
     assert await page.evaluate("sessionStorage.getItem('duckmesh.key')") == live_server.key
+    await expect(page.locator("#assist")).to_be_hidden()  # query assist is off on this server
 
     # completion offers the tenant's tables and columns
     await page.fill("#sql", "")
@@ -127,8 +133,8 @@ async def test_log_in_query_with_completion_time_travel_and_see_an_error(
         "7-maintenance.png"]
 
 
-async def test_a_key_without_ops_admin_sees_no_maintenance_and_the_console_is_self_contained(
-    live_server: LiveServer, browser: Browser, make_key: object
+async def test_a_reader_asks_in_plain_words_sees_no_operator_tabs_and_the_console_is_self_contained(
+    live_server: LiveServer, browser: Browser, make_key: KeyMaker, app_context: AppContext, tmp_path: Path
 ) -> None:
     async with httpx.AsyncClient(base_url=live_server.url) as http:
         page_html = await http.get("/")
@@ -137,13 +143,27 @@ async def test_a_key_without_ops_admin_sees_no_maintenance_and_the_console_is_se
         assert (await http.get("/ui/app.js")).status_code == 200
         missing = await http.get("/ui/nope.js")
         assert missing.status_code == 404 and missing.json()["error_code"] == "NOT_FOUND"
-    from duckmesh.domain import Role
-
-    assert callable(make_key)
+        await create_table(http, live_server.headers)
+    await ingest_visible(live_server, 0, 4)
     reader = (await make_key("acme", [Role.QUERY_READER]))["Authorization"].removeprefix("Bearer ")
-    page = await browser.new_page()
-    await page.goto(live_server.url + "/ui/")
-    await page.fill("#key", reader)
-    await page.click("#login-form button")
-    await expect(page.locator("#app")).to_be_visible()
-    await expect(page.locator("nav button[data-tab=maintenance]")).to_be_hidden()
+    with running_fake_openai() as fake:
+        app_context.assist = build_query_assist(make_settings(
+            ai_translate_enabled=True, ai_base_url=fake.url, ai_model="fake-model", ai_timeout="5s"))
+        fake.answer("```sql\nSELECT count(*) AS n FROM events;\n```")
+        page = await browser.new_page(viewport={"width": 1280, "height": 800})
+        await page.goto(live_server.url + "/ui/")
+        await page.fill("#key", reader)
+        await page.click("#login-form button")
+        await expect(page.locator("#app")).to_be_visible()
+        for operator_tab in ("maintenance", "freshness", "deadletters"):  # their endpoints need ops_admin
+            await expect(page.locator(f"nav button[data-tab={operator_tab}]")).to_be_hidden()
+
+        # the question becomes a suggestion in the editor, with the sandbox's verdict; the user runs it
+        await page.fill("#prompt", "how many events are there?")
+        await page.click("#ask")
+        await expect(page.locator("#assist-meta")).to_contain_text("the sandbox accepts it")
+        assert await page.input_value("#sql") == "SELECT count(*) AS n FROM events"
+        assert "how many events are there?" in fake.last_prompt()
+        await page.click("#run")
+        await expect(page.locator("#result td")).to_have_text("4")
+        await Shots(tmp_path).take(page, "8-assist")

@@ -428,6 +428,13 @@ def test_tenant_and_table_labels_are_bounded() -> None:
     names = ("tenant", "table")
     seen = {metrics.bounded_labels(names, ("9999", f"t{i}"))[1] for i in range(metrics.MAX_TABLE_LABELS + 50)}
     assert len(seen) <= metrics.MAX_TABLE_LABELS + 1 and metrics.OTHER in seen
+    tenants = {metrics.bounded_labels(("tenant",), (f"tenant-{i}",))[0] for i in range(metrics.MAX_TENANT_LABELS + 50)}
+    assert len(tenants) <= metrics.MAX_TENANT_LABELS + 1 and metrics.OTHER in tenants
+    counter = metrics.EVENTS_FAILED  # a counter labelled by tenant: a new tenant past the budget adds no series
+    before = len(next(iter(counter.collect())).samples)
+    for i in range(50):
+        counter.labels(f"late-tenant-{i}").inc()
+    assert len(next(iter(counter.collect())).samples) <= before + 2  # at most the _other series (total + created)
 
 
 def test_the_metrics_listener_is_loopback_by_default_and_can_be_turned_off() -> None:

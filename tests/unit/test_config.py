@@ -5,7 +5,7 @@ from datetime import timedelta
 import pytest
 from pydantic import ValidationError
 
-from duckmesh.config import Settings
+from duckmesh.config import REFERENCE_VARIABLES, Settings, unknown_variables
 
 
 @pytest.mark.parametrize(("raw", "expected"), [
@@ -109,3 +109,20 @@ def test_a_lease_not_far_shorter_than_the_gc_safety_age_stops_the_start(
         Settings()
     monkeypatch.setenv(lease, "60")
     assert Settings().maintenance_gc_safety_age == timedelta(minutes=4)
+
+
+def test_variables_no_setting_reads_are_named_with_what_to_set_instead() -> None:
+    found = dict(unknown_variables({
+        "DUCKMESH_OBJECTSTORE_BUCKET": "events", "DUCKMESH_LOG_JSON": "true", "DUCKMESH_CATALOG_DNS": "x",
+        "DUCKMESH_NO_SUCH_THING": "1", "DUCKMESH_HTTP_ADDR": ":8080", "DUCKMESH_SERVER": "http://x",
+        "DUCKMESH_API_KEY": "k", "HOME": "/root",
+    }))
+    assert found == {
+        "DUCKMESH_OBJECTSTORE_BUCKET": "DUCKMESH_OBJECT_STORE_URL=s3://bucket/prefix",  # the reference's name
+        "DUCKMESH_LOG_JSON": "DUCKMESH_LOG_FORMAT=json",
+        "DUCKMESH_CATALOG_DNS": "DUCKMESH_CATALOG_DSN",  # a typo
+        "DUCKMESH_NO_SUCH_THING": None,
+    }
+    for instead in REFERENCE_VARIABLES.values():  # every setting named instead exists
+        if instead.startswith("DUCKMESH_"):
+            assert not unknown_variables({instead.split()[0].split("=")[0]: "x"}), instead

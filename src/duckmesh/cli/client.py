@@ -237,6 +237,51 @@ def describe(
     out.print(versions)
 
 
+def schema(
+    samples: Annotated[int, typer.Option("--samples", help="sample rows per table (the server caps it)")] = 0,
+    as_json: JsonOpt = False, server: ServerOpt = None, key: KeyOpt = None, profile: ProfileOpt = None,
+) -> None:
+    """Every table with its typed columns, key and rows, as tools and the query assistant see them."""
+    with cli_errors(), connect(server, key, profile) as client:
+        overview = client.schema_overview(samples)
+    if as_json:
+        _print_json(overview)
+        return
+    for table in overview["tables"]:
+        keys = set(table.get("primary_key", []))
+        columns = ", ".join(f"{c['name']} {c['type']}{' (key)' if c['name'] in keys else ''}" for c in table["columns"])
+        out.print(f"[bold]{table['table_name']}[/bold] · rows {_rows(table.get('row_count'))} · {columns}")
+        for row in table.get("sample_rows", []):
+            out.print("  " + " | ".join(_cell(v) for v in row))
+    out.print(f"[dim]snapshot {overview.get('snapshot_id')} · token {overview.get('max_visibility_token')}[/dim]")
+
+
+def ask(
+    prompt: Annotated[str, typer.Argument(help="the question in plain words")],
+    run: Annotated[bool, typer.Option("--run", help="run the suggested SQL when the sandbox accepts it")] = False,
+    as_json: JsonOpt = False, server: ServerOpt = None, key: KeyOpt = None, profile: ProfileOpt = None,
+) -> None:
+    """Suggest SQL for a question (POST /v1/query/translate; needs query assist enabled on the server)."""
+    with cli_errors(), connect(server, key, profile) as client:
+        suggestion = client.translate(prompt)
+        if as_json:
+            _print_json(suggestion)
+            return
+        out.print(suggestion["sql"], markup=False, highlight=False)
+        verdict = "accepted by the sandbox" if suggestion["sandbox_ok"] else \
+            f"refused by the sandbox ({suggestion.get('sandbox_error_code')})"
+        out.print(f"[dim]{suggestion['provider']} {suggestion['model']} · {verdict}[/dim]")
+        for warning in suggestion.get("warnings", []):
+            out.print(f"[yellow]{warning}[/yellow]", highlight=False)
+        if not run:
+            return
+        if not suggestion["sandbox_ok"]:
+            raise fail("not run: the sandbox refuses the suggested SQL")
+        result = client.query(suggestion["sql"])
+    out.print(_result_table(result))
+    out.print(f"[dim]{result.row_count} row(s) · snapshot {result.snapshot_id}[/dim]")
+
+
 def snapshots(
     limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="how many, newest first")] = 20,
     as_json: JsonOpt = False, server: ServerOpt = None, key: KeyOpt = None, profile: ProfileOpt = None,
@@ -541,7 +586,8 @@ def profile_list() -> None:
 
 def register(app: typer.Typer, panel: str) -> None:
     for command, name in ((sql, "sql"), (ingest, "ingest"), (tables, "tables"), (describe, "describe"),
-                          (snapshots, "snapshots"), (lag, "lag"), (dead_letters, "dead-letters")):
+                          (schema, "schema"), (ask, "ask"), (snapshots, "snapshots"), (lag, "lag"),
+                          (dead_letters, "dead-letters")):
         app.command(name, rich_help_panel=panel)(command)
     app.add_typer(remote_app, name="remote", rich_help_panel=panel)
     app.add_typer(profile_app, name="profile", rich_help_panel=panel)

@@ -8,6 +8,7 @@ loops; ``up`` is all three. Nothing else in the package reads settings or opens 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import sys
@@ -26,7 +27,7 @@ from duckmesh.catalog.db import CatalogPool, embedded_dsn
 from duckmesh.catalog.liveness import Liveness
 from duckmesh.catalog.notify import INGEST_CHANNEL, READ_ONLY_CHANNEL, Listener
 from duckmesh.catalog.tenants import KEYS_CHANNEL, VerifiedKeys
-from duckmesh.config import Settings
+from duckmesh.config import Settings, unknown_variables
 from duckmesh.coordinator.worker import Coordinator, CoordinatorConfig
 from duckmesh.errors import DuckMeshError, RemoteError
 from duckmesh.ingest.backfill import BackfillLimits, BackfillService
@@ -44,6 +45,8 @@ from duckmesh.query.workers import WorkerLimits, WorkerPool
 from duckmesh.storage.base import ObjectStore
 from duckmesh.storage.cache import FileCache
 from duckmesh.storage.factory import open_object_store
+
+log = logging.getLogger(__name__)
 
 
 class ProcessRole(StrEnum):
@@ -77,6 +80,10 @@ def load_settings(service: str) -> Settings:
             typer.echo(f"configuration error: {prefix}{err['msg'].removeprefix('Value error, ')}", err=True)
         raise typer.Exit(2) from None
     configure(f"{settings.service_name}-{service}", settings.log_level, settings.log_format)
+    for name, closest in unknown_variables(os.environ):
+        # Ignored, as the process starts anyway; said once so a typo (or a reference implementation
+        # name, docs/coming-from-reference.md) is not silently without effect.
+        log.warning("unknown_setting", extra={"variable": name, "did_you_mean": closest})
     return settings
 
 

@@ -97,6 +97,15 @@ class AsyncClient(ClientBase):
     async def snapshot(self, snapshot_id: int) -> dict[str, Any]:
         return await self.request(calls.get(f"/v1/snapshots/{int(snapshot_id)}"))
 
+    async def schema_overview(self, sample_rows: int | None = None) -> dict[str, Any]:
+        """Every table's typed columns, key, row count and a few sample rows (GET /v1/ui/schema)."""
+        return await self.request(calls.get("/v1/ui/schema", {"sample_rows": sample_rows}))
+
+    async def translate(self, prompt: str) -> dict[str, Any]:
+        """A suggested SQL query for a question (never run by the server; ``sandbox_ok`` says
+        whether a query would accept it)."""
+        return await self.request(calls.post("/v1/query/translate", {"prompt": prompt}))
+
     async def lag(self) -> dict[str, Any]:
         return await self.request(calls.get("/v1/lag"))
 
@@ -118,8 +127,7 @@ class AsyncClient(ClientBase):
     async def restore_snapshot(self, snapshot_id: int, dry_run: bool = False) -> dict[str, Any]:
         """Publish a new snapshot whose file sets equal ``snapshot_id``'s (ops_admin); with
         ``dry_run`` only list, per table, what would change."""
-        body = {"snapshot_id": int(snapshot_id), "dry_run": dry_run}
-        return await self.request(calls.post("/v1/snapshots/restore", body))
+        return await self.request(calls.restore(snapshot_id, dry_run))
 
     async def pin_snapshot(self, snapshot_id: int, reason: str, expires_at: str | None = None) -> dict[str, Any]:
         body = {"snapshot_id": int(snapshot_id), "reason": reason, "expires_at": expires_at}

@@ -127,6 +127,11 @@ def delete(path: str) -> Call[dict[str, Any]]:
     return Call("DELETE", path, json_object)
 
 
+def restore(snapshot_id: int, dry_run: bool) -> Call[dict[str, Any]]:
+    """``dry_run`` is sent only when set, so a restore works against servers without dry runs."""
+    return post("/v1/snapshots/restore", {"snapshot_id": int(snapshot_id), **({"dry_run": True} if dry_run else {})})
+
+
 def key_path(key_id: str) -> str:
     return f"/v1/keys/{quote(key_id, safe='')}"
 

@@ -92,6 +92,15 @@ class Client(ClientBase):
     def snapshot(self, snapshot_id: int) -> dict[str, Any]:
         return self.request(calls.get(f"/v1/snapshots/{int(snapshot_id)}"))
 
+    def schema_overview(self, sample_rows: int | None = None) -> dict[str, Any]:
+        """Every table's typed columns, key, row count and a few sample rows (GET /v1/ui/schema)."""
+        return self.request(calls.get("/v1/ui/schema", {"sample_rows": sample_rows}))
+
+    def translate(self, prompt: str) -> dict[str, Any]:
+        """A suggested SQL query for a question (never run by the server; ``sandbox_ok`` says
+        whether a query would accept it)."""
+        return self.request(calls.post("/v1/query/translate", {"prompt": prompt}))
+
     def lag(self) -> dict[str, Any]:
         return self.request(calls.get("/v1/lag"))
 
@@ -113,7 +122,7 @@ class Client(ClientBase):
     def restore_snapshot(self, snapshot_id: int, dry_run: bool = False) -> dict[str, Any]:
         """Publish a new snapshot whose file sets equal ``snapshot_id``'s (ops_admin); with
         ``dry_run`` only list, per table, what would change."""
-        return self.request(calls.post("/v1/snapshots/restore", {"snapshot_id": int(snapshot_id), "dry_run": dry_run}))
+        return self.request(calls.restore(snapshot_id, dry_run))
 
     def pin_snapshot(self, snapshot_id: int, reason: str, expires_at: str | None = None) -> dict[str, Any]:
         body = {"snapshot_id": int(snapshot_id), "reason": reason, "expires_at": expires_at}

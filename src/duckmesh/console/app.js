@@ -71,9 +71,11 @@ function gridOf(columns, rows) {
 async function login(key) {
   sessionStorage.setItem(KEY, key);
   try {
-    const listed = await api("GET", "/v1/tables");
-    state.tables = listed.tables;
-    $("whoami").textContent = `tenant ${listed.tenant_id}`;
+    // The schema overview (no sample rows) feeds completion and says whether query assist is on.
+    const overview = await api("GET", "/v1/ui/schema?sample_rows=0");
+    state.tables = overview.tables;
+    $("whoami").textContent = `tenant ${overview.tenant_id}`;
+    $("assist").classList.toggle("hidden", !overview.translate_enabled);
   } catch (err) {
     sessionStorage.removeItem(KEY);
     throw err;
@@ -129,6 +131,25 @@ async function runQuery() {
 }
 
 $("run").addEventListener("click", runQuery);
+
+// --- query assist: a question in plain words -> suggested SQL in the editor (never run by itself) ---
+
+async function suggestSql() {
+  showError($("query-error"), null);
+  $("assist-meta").textContent = "asking…";
+  try {
+    const answer = await api("POST", "/v1/query/translate", { prompt: $("prompt").value });
+    $("sql").value = answer.sql;
+    const verdict = answer.sandbox_ok ? "the sandbox accepts it" : `the sandbox refuses it (${answer.sandbox_error_code})`;
+    $("assist-meta").textContent = [`${answer.model}: ${verdict}`, ...answer.warnings].join(" · ");
+  } catch (err) {
+    $("assist-meta").textContent = "";
+    showError($("query-error"), err);
+  }
+}
+
+$("ask").addEventListener("click", suggestSql);
+$("prompt").addEventListener("keydown", (event) => { if (event.key === "Enter") { event.preventDefault(); suggestSql(); } });
 
 // --- completion: SQL keywords, the tenant's tables and their columns ------------------------------
 
@@ -267,7 +288,7 @@ async function refreshFreshness() {
   const behind = lag.latest_snapshot_time ? `${((now - Date.parse(lag.latest_snapshot_time)) / 1000).toFixed(1)} s ago` : "never";
   $("freshness").replaceChildren(
     stat("ingest rate (tokens issued)", rate), stat("token lag (issued − visible)", lag.token_lag),
-    stat("pending events", lag.pending_events), stat("oldest pending", `${((lag.oldest_pending_age_ms || 0) / 1000).toFixed(1)} s`),
+    stat("pending events", lag.pending_events), stat("write-to-visible now (oldest pending write)", `${((lag.oldest_pending_age_ms || 0) / 1000).toFixed(1)} s`),
     stat("latest visible token", lag.latest_visibility_token), stat("latest snapshot", `#${lag.latest_snapshot_id} (${behind})`),
     stat("failed events", lag.failed_events));
 }

@@ -41,6 +41,7 @@ class SchemaOverviewInfo(BaseModel):
     snapshot_id: int | None
     snapshot_time: str | None
     max_visibility_token: int
+    translate_enabled: bool  # POST /v1/query/translate is configured on this server
 
 
 class TranslateRequest(BaseModel):
@@ -69,7 +70,7 @@ async def ui_schema(
     ctx: AppContext = request.app.state.ctx
     rows = ctx.settings.ui_schema_sample_rows if sample_rows is None else sample_rows
     overview = await OverviewReader(ctx.pool, ctx.query).read(principal, rows, trace_id_var.get())
-    return {"tenant_id": principal.tenant_id, **overview.to_json()}
+    return {"tenant_id": principal.tenant_id, **overview.to_json(), "translate_enabled": ctx.assist is not None}
 
 
 @router.post(

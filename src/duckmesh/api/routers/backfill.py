@@ -13,11 +13,13 @@ from duckmesh.api.write_guard import writable
 from duckmesh.catalog import audit
 from duckmesh.catalog.tenants import Principal
 from duckmesh.domain import Role
+from duckmesh.errors import RequestInvalid
 from duckmesh.observability.logging import trace_id_var
 
 router = api_router("tables")
 ROUTE = "/v1/tables/{table}/backfill"  # the one route with the large body limit (DUCKMESH_MAX_BACKFILL_BYTES)
 Writer = Annotated[Principal, Depends(writable(Role.TABLE_ADMIN))]
+_CSV_TYPES = ("text/csv", "application/csv", "text/comma-separated-values")
 _PARQUET_TYPES = ("application/vnd.apache.parquet", "application/x-parquet", "application/octet-stream")
 
 
@@ -39,6 +41,11 @@ async def backfill(
     """Stream the body (NDJSON payload rows or one Parquet file) to disk, then load it."""
     ctx: AppContext = request.app.state.ctx
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type in _CSV_TYPES:
+        raise RequestInvalid(
+            "CSV is not supported by backfill: send NDJSON (one payload object per line) or one Parquet file;"
+            " `duckmesh ingest TABLE FILE.csv` converts CSV with the table's column types and loads it",
+            content_type=content_type)
     # The body is scratch data of this server: under the state dir, owner-only, never the system temp dir.
     scratch_root = ctx.settings.state_dir.resolve() / "scratch"
     scratch_root.mkdir(mode=0o700, parents=True, exist_ok=True)

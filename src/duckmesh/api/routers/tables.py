@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import difflib
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Request
@@ -33,6 +34,11 @@ class ColumnSpec(BaseModel):
     nullable: bool = True
 
 
+# Names people reach for that are not close in spelling to the field they mean.
+_COMMON_NAMES = {"pk": "primary_key", "key": "primary_key", "keys": "primary_key", "name": "table_name",
+                 "table": "table_name", "fields": "columns", "schema": "columns"}
+
+
 class ReferenceAliases(BaseModel):
     """The reference implementation's names for the key and partition fields, read as aliases:
     ``primary_key_cols`` for ``primary_key`` and ``partition_spec`` (a list of column names
@@ -49,6 +55,11 @@ class ReferenceAliases(BaseModel):
         if isinstance(data, dict) and "schema_json" in data and "columns" not in data:
             raise ValueError("schema_json (an untyped name -> type map) is not read; "
                              "give columns: [{name, type, nullable}] with this server's types")
+        for name in data if isinstance(data, dict) else ():
+            close = [_COMMON_NAMES[name]] if name in _COMMON_NAMES else \
+                difflib.get_close_matches(str(name), list(cls.model_fields), n=1, cutoff=0.6)
+            if name not in cls.model_fields and close and close[0] in cls.model_fields:
+                raise ValueError(f"unknown field {str(name)[:100]!r}: did you mean {close[0]!r}?")
         return data
 
     @field_validator("partition_spec", mode="before")
