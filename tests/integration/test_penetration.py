@@ -22,8 +22,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from duckmesh.api.context import AppContext
-from duckmesh.cli.runtime import build_query_service
+from duckmesh.cli.runtime import build_maintenance_service, build_query_service
+from duckmesh.domain import TenantId
 from duckmesh.ingest.backfill import BackfillLimits
+from duckmesh.maintenance import compaction
 from duckmesh.query import confine, sandbox
 from duckmesh.query.service import QueryService
 from duckmesh.query.workers import WorkerPool
@@ -163,6 +165,22 @@ async def test_a_query_that_ignores_its_interrupt_is_killed_at_its_time_limit_an
     assert isinstance(pool, WorkerPool) and pool.started == 2  # the killed worker's replacement
 
 
+async def test_a_fresh_query_service_has_a_worker_running_before_its_first_query(ctx: Ctx, tuned: Any) -> None:
+    """The first worker start also starts the fork server (DuckDB and pyarrow imported once): a
+    fresh process does that before its first query, not during it."""
+    client, headers, _ = ctx
+    service = await tuned(query_workers=2)
+    pool = service._engine.backend
+    assert isinstance(pool, WorkerPool)
+    for _ in range(200):
+        if pool._idle:
+            break
+        await asyncio.sleep(0.05)
+    assert pool.started == 1 and len(pool._idle) == 1, "one worker started and idle, with no query yet"
+    assert (await q(client, headers, "SELECT 3 AS three")).json()["rows"] == [[3]]
+    assert pool.started == 1, "the first query ran on the worker started ahead of it"
+
+
 @pytest.mark.parametrize("fmt", ["json", "ndjson", "csv", "arrow"])
 async def test_results_stop_at_the_result_byte_limit_and_say_they_were_truncated(
     ctx: Ctx, tuned: Any, fmt: str
@@ -206,6 +224,26 @@ async def test_one_tenants_slow_queries_leave_other_tenants_queries_writes_and_r
     assert codes.count("QUERY_CONCURRENCY_LIMIT") >= 3 and set(codes) <= {"QUERY_CONCURRENCY_LIMIT", "QUERY_TIMEOUT"}
     shed = next(a for a in answers if a.status_code == 429)
     assert shed.headers["Retry-After"] and shed.json()["context"]["scope"] == "tenant"
+
+
+async def test_the_servers_query_cap_sheds_load_and_queueing_counts_against_a_querys_time_limit(
+    ctx: Ctx, make_key: KeyMaker, tuned: Any
+) -> None:
+    client, acme, _ = ctx
+    globex = await make_key("globex")
+    await tuned(query_timeout_ms=6_000, query_queue_timeout_ms=1_000, query_max_concurrency=2,
+                query_max_concurrency_per_tenant=2)
+    slow = [asyncio.create_task(q(client, globex, SLOW)) for _ in range(2)]  # every server slot
+    await asyncio.sleep(0.5)
+    shed = await q(client, acme, "SELECT 1")  # acme has free tenant slots, the server has none
+    assert shed.status_code == 429, shed.text
+    assert shed.json()["error_code"] == "QUERY_CONCURRENCY_LIMIT" and shed.json()["context"]["scope"] == "server"
+    short = await client.post("/v1/query", headers=acme, json={"sql": "SELECT 1", "timeout_ms": 200})
+    assert short.status_code == 408, short.text  # its own limit ended while it queued: not a 429 a second later
+    assert short.json()["error_code"] == "QUERY_TIMEOUT" and "waited for a slot" in short.json()["message"]
+    assert short.json()["context"]["timeout_ms"] == 200
+    assert {a.json()["error_code"] for a in await asyncio.gather(*slow)} == {"QUERY_TIMEOUT"}
+    assert (await q(client, acme, "SELECT 1")).json()["rows"] == [[1]], "slots come back"
 
 
 # finding 6: SQL checking must not block the event loop ------------------------------------------
@@ -543,6 +581,24 @@ async def test_data_files_and_folders_are_owner_only_and_backfill_bodies_stay_in
     assert answer.status_code == 200, answer.text
     assert used == [str(state.resolve() / "scratch")]
     assert (state / "scratch").stat().st_mode & 0o777 == 0o700
+
+    # compaction's scratch (downloaded inputs, merged output) is there too, never the system temp dir
+    work_dirs: list[Path] = []
+    real_mkdtemp = compaction.tempfile.mkdtemp
+
+    def spy_mkdtemp(*args: Any, **kwargs: Any) -> str:
+        made = real_mkdtemp(*args, **kwargs)
+        work_dirs.append(Path(made))
+        return made
+
+    monkeypatch.setattr(compaction.tempfile, "mkdtemp", spy_mkdtemp)
+    settings = app_context.settings.model_copy(update={"maintenance_compaction_min_input_files": 2})
+    maintenance = build_maintenance_service(settings, app_context.pool, app_context.store)
+    tenant = (await client.get("/v1/tables/events", headers=headers)).json()["tenant_id"]
+    summary = await maintenance.compact(TenantId(tenant), "events")
+    assert summary["tables"]["events"]["status"] == "completed", summary
+    assert work_dirs and all(d.parent == state.resolve() / "scratch" for d in work_dirs)
+    assert not any(d.exists() for d in work_dirs), "removed after the run"
 
 
 # finding 12: smaller gaps -----------------------------------------------------------------------

@@ -58,8 +58,11 @@ def _sqlstate_name(exc: psycopg.Error) -> str:
 class CatalogPool:
     """An async connection pool with dict rows; translate connection failures at the edge."""
 
-    def __init__(self, dsn: str, *, min_size: int = 1, max_size: int = 8, name: str = "duckmesh") -> None:
+    def __init__(
+        self, dsn: str, *, min_size: int = 1, max_size: int = 8, name: str = "duckmesh", open_timeout: float = 15.0
+    ) -> None:
         self.dsn = dsn
+        self._open_timeout = open_timeout  # how long open() keeps trying to reach the catalog
         self._pool: AsyncConnectionPool[AsyncConn] = AsyncConnectionPool(
             dsn,
             min_size=min_size,
@@ -76,7 +79,7 @@ class CatalogPool:
 
     async def open(self) -> None:
         try:
-            await self._pool.open(wait=True, timeout=15.0)
+            await self._pool.open(wait=True, timeout=self._open_timeout)
         except Exception as exc:  # any driver failure at startup is "catalog unreachable"
             raise CatalogUnavailable("catalog database is not reachable", dsn=redact_dsn(self.dsn)) from exc
 

@@ -24,7 +24,7 @@ from duckmesh.cli.runtime import (
     fail,
     load_settings,
 )
-from duckmesh.config import parse_duration
+from duckmesh.config import Settings, parse_duration
 from duckmesh.domain import Role, TenantId
 from duckmesh.errors import IntegrityCheckFailed
 from duckmesh.maintenance import backup, drill
@@ -52,12 +52,18 @@ read_only_app = typer.Typer(
 
 TenantOpt = Annotated[str, typer.Option(help="tenant name")]
 
+CLI_CONNECT_SECONDS = 5.0  # a one-shot command says the catalog is unreachable soon (a server waits longer)
+
+
+def _cli_pool(settings: Settings, size: int) -> CatalogPool:
+    return CatalogPool(catalog_dsn(settings), max_size=size, name="duckmesh-cli", open_timeout=CLI_CONNECT_SECONDS)
+
 
 def _run_catalog(job: Callable[[AsyncConn], Awaitable[T]]) -> T:
     settings = load_settings("cli")
 
     async def main() -> T:
-        async with CatalogPool(catalog_dsn(settings), max_size=2, name="duckmesh-cli") as pool, \
+        async with _cli_pool(settings, 2) as pool, \
                 pool.connection() as conn:
             return await job(conn)
 
@@ -69,7 +75,7 @@ def _run_maintenance(job: Callable[[CatalogPool, MaintenanceService], Awaitable[
     settings = load_settings("cli")
 
     async def main() -> dict[str, Any]:
-        async with CatalogPool(catalog_dsn(settings), max_size=4, name="duckmesh-cli") as pool:
+        async with _cli_pool(settings, 4) as pool:
             service = build_maintenance_service(settings, pool, open_object_store(settings))
             return await job(pool, service)
 
@@ -118,7 +124,7 @@ def integrity_run(
     settings = load_settings("cli")
 
     async def main() -> dict[str, Any]:
-        async with CatalogPool(catalog_dsn(settings), max_size=4, name="duckmesh-cli") as pool:
+        async with _cli_pool(settings, 4) as pool:
             service = build_maintenance_service(settings, pool, open_object_store(settings))
             return await service.validate(await _tenant_id(pool, tenant), deep)
 

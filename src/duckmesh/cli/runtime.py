@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -132,7 +133,9 @@ def build_query_service(
     address_space = settings.resolved_query_worker_max_memory_bytes
 
     def workers(config: ExecutorConfig) -> WorkerPool:
-        return WorkerPool(settings.query_workers, WorkerLimits(config, address_space))
+        pool = WorkerPool(settings.query_workers, WorkerLimits(config, address_space))
+        threading.Thread(target=pool.prestart, name="duckmesh-query-prestart", daemon=True).start()
+        return pool
 
     per_tenant = settings.query_max_concurrency_per_tenant
     engine = QueryEngine(

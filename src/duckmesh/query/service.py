@@ -6,7 +6,8 @@ engine (which waits for a worker process and receives the encoded result) on the
 query load can never block ingest, the coordinator or the probes, which use other pools. A tenant
 runs at most ``max_concurrency_per_tenant`` queries at once and the process ``max_concurrency``;
 waiting for a slot counts against the query's time limit and ends after ``queue_timeout`` with
-429 ``QUERY_CONCURRENCY_LIMIT``."""
+429 ``QUERY_CONCURRENCY_LIMIT`` — or, when the query's own time limit is the shorter, when that
+ends, with ``QUERY_TIMEOUT``."""
 
 from __future__ import annotations
 
@@ -324,7 +325,7 @@ class QueryService:
         fmt: ResultFormat,
     ) -> EngineResult:
         queued = time.monotonic()
-        async with self._slot(tenant_id):
+        async with self._slot(tenant_id, timeout):
             remaining = timeout - (time.monotonic() - queued)  # time spent queueing counts
             if remaining <= 0:
                 raise QueryTimeout("the query waited for a slot longer than its time limit",
@@ -338,12 +339,14 @@ class QueryService:
                 raise
 
     @contextlib.asynccontextmanager
-    async def _slot(self, tenant_id: TenantId) -> AsyncIterator[None]:
-        """One of the tenant's query slots, then one of the process's; 429 after ``queue_timeout``."""
+    async def _slot(self, tenant_id: TenantId, timeout: float) -> AsyncIterator[None]:
+        """One of the tenant's query slots, then one of the process's; 429 after ``queue_timeout``,
+        or QUERY_TIMEOUT when the query's own time limit ends first (queueing counts against it)."""
         mine = self._tenant_slots.get(tenant_id)
         if mine is None:
             mine = self._tenant_slots[tenant_id] = asyncio.Semaphore(self.limits.max_concurrency_per_tenant)
-        deadline = time.monotonic() + self.limits.queue_timeout
+        own_limit_first = timeout < self.limits.queue_timeout
+        deadline = time.monotonic() + min(timeout, self.limits.queue_timeout)
         for semaphore, scope in ((mine, "tenant"), (self._slots, "server")):
             try:
                 if semaphore.locked():
@@ -353,6 +356,9 @@ class QueryService:
             except TimeoutError:
                 if semaphore is self._slots:
                     mine.release()
+                if own_limit_first:
+                    raise QueryTimeout("the query waited for a slot longer than its time limit",
+                                       timeout_ms=int(timeout * 1000), scope=scope) from None
                 raise QueryConcurrencyLimit(
                     f"too many queries are running ({scope} limit); retry shortly", retry_after_s=1, scope=scope,
                 ) from None

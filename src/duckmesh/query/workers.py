@@ -120,6 +120,21 @@ class WorkerPool:
         self._warned = False
         self.started = 0  # workers started over the pool's life (replacements included)
 
+    def prestart(self) -> None:
+        """Start one worker before the first query: the first start also starts the fork server,
+        which imports DuckDB and pyarrow (a few hundred milliseconds), and a fresh process's first
+        query should not pay for that. Best effort: a failure leaves workers to start on demand."""
+        with self._changed:
+            if self._closed or self._idle or self._count >= self.size:
+                return
+            self._count += 1
+        try:
+            worker = self._start()
+        except Exception:
+            log.warning("query_worker_prestart_failed", exc_info=True)
+            return
+        self._release(worker, healthy=True)
+
     def execute(self, job: Job) -> EngineResult:
         worker = self._acquire(job.tenant_id, time.monotonic() + job.timeout)
         healthy = False
