@@ -5,6 +5,7 @@ beside it (tests/unit/test_sandbox.py, tests/integration/test_sandbox_contained.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import io
 import os
@@ -242,8 +243,16 @@ async def test_the_servers_query_cap_sheds_load_and_queueing_counts_against_a_qu
     assert short.status_code == 408, short.text  # its own limit ended while it queued: not a 429 a second later
     assert short.json()["error_code"] == "QUERY_TIMEOUT" and "waited for a slot" in short.json()["message"]
     assert short.json()["context"]["timeout_ms"] == 200
+    # a request given up while it waits (client gone) gives back the tenant slot it held
+    for _ in range(3):
+        waiting = asyncio.create_task(q(client, acme, "SELECT 1"))
+        await asyncio.sleep(0.2)
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
     assert {a.json()["error_code"] for a in await asyncio.gather(*slow)} == {"QUERY_TIMEOUT"}
     assert (await q(client, acme, "SELECT 1")).json()["rows"] == [[1]], "slots come back"
+    assert (await q(client, acme, "SELECT 2")).json()["rows"] == [[2]]
 
 
 # finding 6: SQL checking must not block the event loop ------------------------------------------

@@ -64,6 +64,8 @@ def test_terms_that_fix_a_column_of_a_table_scanned_once(
     # the column in WHERE is not the stored column
     "SELECT * FROM sales AS t(id, region, country) WHERE country = 'de'",
     "SELECT * FROM sales UNPIVOT (country FOR k IN (country, city)) WHERE country = 'de'",
+    # x.t.country: a field of the struct column t of source x, not the table's column
+    "SELECT * FROM sales t, (SELECT {'country': 'de'} AS t) AS x WHERE x.t.country = 'de'",
     # a sample is drawn before WHERE
     "SELECT count(*) FROM sales USING SAMPLE 1 ROWS (reservoir, 1) WHERE country = 'de'",
     "SELECT count(*) FROM sales TABLESAMPLE (10 PERCENT) WHERE country = 'de'",
@@ -97,6 +99,9 @@ def test_naming_the_event_time_refuses_a_natural_join_that_would_match_on_it() -
     ("decimal(10,2)", "1.51", {Literal("number", "1.505")}, None),  # finer than the column's scale
     ("decimal(10,2)", "1.51", {Literal("number", "1.5100000000000000000000000000000000000001")}, None),  # a DOUBLE
     ("decimal(10,2)", "1.51", {Literal("number", "151e-2")}, None),
+    # DuckDB counts leading zeros in a literal's width: 39 characters of digits make it a DOUBLE
+    ("decimal(38,20)", "0.10000000000000000000", {Literal("number", "0" * 19 + ".1" + "0" * 19)}, None),
+    ("decimal(38,2)", "1.50", {Literal("number", "0001.50")}, True),
     ("int64", 1, {Literal("string", "1")}, True),
     ("int64", 1, {Literal("string", "１")}, None),  # not an ASCII integer
     ("date", "2024-01-02", {Literal("string", "20240102")}, None),

@@ -15,6 +15,7 @@ import orjson
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
@@ -61,8 +62,7 @@ def _param(text: str) -> tuple[str, Any]:
 def _cell(value: Any) -> str:
     if value is None:
         return "[dim]NULL[/dim]"
-    text = value if isinstance(value, str) else orjson.dumps(value).decode()
-    return text.replace("[", "\\[")
+    return escape(value if isinstance(value, str) else orjson.dumps(value).decode())
 
 
 def _result_table(result: Any) -> Table:
@@ -238,7 +238,7 @@ def describe(
 
 
 def schema(
-    samples: Annotated[int, typer.Option("--samples", help="sample rows per table (the server caps it)")] = 0,
+    samples: Annotated[int, typer.Option("--samples", min=0, max=20, help="sample rows per table (0-20)")] = 0,
     as_json: JsonOpt = False, server: ServerOpt = None, key: KeyOpt = None, profile: ProfileOpt = None,
 ) -> None:
     """Every table with its typed columns, key and rows, as tools and the query assistant see them."""
@@ -272,7 +272,7 @@ def ask(
             f"refused by the sandbox ({suggestion.get('sandbox_error_code')})"
         out.print(f"[dim]{suggestion['provider']} {suggestion['model']} · {verdict}[/dim]")
         for warning in suggestion.get("warnings", []):
-            out.print(f"[yellow]{warning}[/yellow]", highlight=False)
+            out.print(warning, style="yellow", markup=False, highlight=False)
         if not run:
             return
         if not suggestion["sandbox_ok"]:

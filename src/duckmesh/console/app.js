@@ -71,15 +71,19 @@ function gridOf(columns, rows) {
 async function login(key) {
   sessionStorage.setItem(KEY, key);
   try {
-    // The schema overview (no sample rows) feeds completion and says whether query assist is on.
-    const overview = await api("GET", "/v1/ui/schema?sample_rows=0");
-    state.tables = overview.tables;
-    $("whoami").textContent = `tenant ${overview.tenant_id}`;
-    $("assist").classList.toggle("hidden", !overview.translate_enabled);
+    const listed = await api("GET", "/v1/tables");  // query_reader, table_admin or ops_admin
+    state.tables = listed.tables;
+    $("whoami").textContent = `tenant ${listed.tenant_id}`;
   } catch (err) {
     sessionStorage.removeItem(KEY);
     throw err;
   }
+  // The schema overview (no sample rows) feeds completion and says whether query assist is on;
+  // a key without query_reader simply has neither.
+  api("GET", "/v1/ui/schema?sample_rows=0").then((overview) => {
+    state.tables = overview.tables;
+    $("assist").classList.toggle("hidden", !overview.translate_enabled);
+  }).catch(() => {});
   try { await api("GET", "/v1/lag"); state.isOps = true; } catch { state.isOps = false; }
   document.querySelectorAll(".ops").forEach((n) => n.classList.toggle("hidden", !state.isOps));
   $("login").classList.add("hidden");

@@ -33,19 +33,19 @@ MAX_SAMPLE_TEXT = 256
 
 
 class _CountCache:
-    """(table id, snapshot id) -> rows a query sees, the most recent ``limit`` entries."""
+    """(catalog, table id, snapshot id) -> rows a query sees, the most recent ``limit`` entries."""
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
-        self._entries: OrderedDict[tuple[int, int], int] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, int, int], int] = OrderedDict()
 
-    def get(self, table_id: int, snapshot_id: int | None) -> int | None:
-        if snapshot_id is None or (table_id, snapshot_id) not in self._entries:
+    def get(self, catalog: str, table_id: int, snapshot_id: int | None) -> int | None:
+        if snapshot_id is None or (catalog, table_id, snapshot_id) not in self._entries:
             return None
-        self._entries.move_to_end((table_id, snapshot_id))
-        return self._entries[(table_id, snapshot_id)]
+        self._entries.move_to_end((catalog, table_id, snapshot_id))
+        return self._entries[(catalog, table_id, snapshot_id)]
 
-    def put(self, key: tuple[int, int], rows: int) -> None:
+    def put(self, key: tuple[str, int, int], rows: int) -> None:
         self._entries[key] = rows
         self._entries.move_to_end(key)
         while len(self._entries) > self._limit:
@@ -141,12 +141,13 @@ class OverviewReader:
         keyed = [t for t in defs if t.schema.keyed]
         async with self._pool.connection() as conn:
             head = await snapshots.head(conn, principal.tenant_id)
-        known = {t.table_name: _LOGICAL_ROWS.get(t.table_id, head.snapshot_id) for t in keyed}
+        known = {t.table_name: _LOGICAL_ROWS.get(self._pool.dsn, t.table_id, head.snapshot_id) for t in keyed}
         missing = [t for t in keyed if known[t.table_name] is None]
         counts, outcome = await self._counts(principal, missing, trace_id)
         if outcome is not None and outcome.snapshot.snapshot_id is not None:
+            at = outcome.snapshot.snapshot_id
             for table in missing:
-                _LOGICAL_ROWS.put((table.table_id, outcome.snapshot.snapshot_id), counts[table.table_name])
+                _LOGICAL_ROWS.put((self._pool.dsn, table.table_id, at), counts[table.table_name])
         found = {**counts, **{name: n for name, n in known.items() if n is not None}}
         return {t.table_name: found.get(t.table_name) if t.schema.keyed else t.stats.rows for t in defs}
 

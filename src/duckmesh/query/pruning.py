@@ -83,6 +83,8 @@ def _fixed_by_where(scan: exp.Table) -> dict[str, Terms]:
         if column is None or values is None:
             continue
         qualifier = str(column.table).lower()
+        if column.args.get("db") or column.args.get("catalog"):
+            continue  # x.t.col: a field of a struct column t of source x, not the table's column
         if (qualifier and qualifier not in names) or (not qualifier and not only_source):
             continue
         name = str(column.name).lower()
@@ -173,18 +175,17 @@ _ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
 
 
 def _decimal(column_type: str, literal: Literal) -> Any:
-    """A number literal DuckDB compares exactly with the column: plain notation, no more digits
-    than a DECIMAL holds and no finer than the column's scale. A string is cast (and rounded) to
-    the column's scale by DuckDB, a long or exponent literal becomes a DOUBLE: neither is ours to
-    predict."""
+    """A number literal DuckDB compares exactly with the column: plain notation, at most 38
+    characters of digits as written (DuckDB counts leading zeros too; beyond 38 the literal is a
+    DOUBLE) and no finer than the column's scale. A string is cast (and rounded) to the column's
+    scale by DuckDB, an exponent literal is a DOUBLE: neither is ours to predict."""
     if literal.kind != "number" or not _PLAIN_DECIMAL.match(literal.text):
         return _UNKNOWN
-    value = Decimal(literal.text)
+    whole, _, fraction = literal.text.lstrip("-").partition(".")
     _, scale = decimal_params(column_type)
-    digits = len(value.as_tuple().digits)
-    if digits > 38 or -int(value.as_tuple().exponent) > scale:
+    if len(whole) + len(fraction) > 38 or len(fraction) > scale:
         return _UNKNOWN
-    return value
+    return Decimal(literal.text)
 
 
 def _typed(column_type: str, literal: Literal) -> Any:

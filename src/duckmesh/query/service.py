@@ -353,9 +353,11 @@ class QueryService:
                     await asyncio.wait_for(semaphore.acquire(), max(0.0, deadline - time.monotonic()))
                 else:
                     await semaphore.acquire()
-            except TimeoutError:
+            except BaseException as exc:  # a timeout, or the waiting request cancelled: give back what is held
                 if semaphore is self._slots:
                     mine.release()
+                if not isinstance(exc, TimeoutError):
+                    raise
                 if own_limit_first:
                     raise QueryTimeout("the query waited for a slot longer than its time limit",
                                        timeout_ms=int(timeout * 1000), scope=scope) from None
