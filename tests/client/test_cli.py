@@ -298,3 +298,8 @@ async def test_schema_and_ask_use_the_schema_overview_and_query_assist(
         refused = await run_cli("ask", "show me the password file", "--run", server=live_server)
         assert refused.returncode == 1 and "refused by the sandbox (SQL_NOT_ALLOWED)" in refused.stdout
         assert "not run" in refused.stderr
+        # a failing model endpoint is reported once: the client does not pay for the call again
+        fake.status = 500
+        sent = len(fake.requests)
+        one_error_line(await run_cli("ask", "how many events?", server=live_server), "TRANSLATE_FAILED")
+        assert len(fake.requests) == sent + 1

@@ -22,7 +22,9 @@ ARROW_STREAM = "application/vnd.apache.arrow.stream"
 # Statuses worth another try even when the body is not DuckMesh's (a proxy in between).
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
 # A query that ran out of time will run out of time again: never retried by the client.
-_NEVER_RETRY = frozenset({"QUERY_TIMEOUT"})
+# Retrying these repeats the same outcome (a query that ran out of time) or another call to a
+# paid model endpoint (query assist): the caller decides.
+_NEVER_RETRY = frozenset({"QUERY_TIMEOUT", "TRANSLATE_TIMEOUT", "TRANSLATE_FAILED", "TRANSLATE_ANSWER_INVALID"})
 
 
 @dataclass(frozen=True)
