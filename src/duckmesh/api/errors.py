@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from duckmesh.errors import DuckMeshError
+from duckmesh.ingest.models import grouped_errors
 from duckmesh.observability.logging import trace_id_var
 
 log = logging.getLogger(__name__)
@@ -46,25 +47,14 @@ def error_response(
 
 
 def _validation_context(exc: RequestValidationError) -> tuple[str, dict[str, Any]]:
-    """Group pydantic errors by record index, so every bad record is named once."""
-    by_record: dict[int, list[str]] = {}
-    other: list[str] = []
-    for err in exc.errors():
+    """A body that is not JSON is INVALID_JSON; anything else is grouped by record index."""
+    errors = exc.errors()
+    for err in errors:
         if err.get("type") == "json_invalid":
             detail = (err.get("ctx") or {}).get("error") or err.get("msg", "invalid JSON")
             return "INVALID_JSON", {"reason": str(detail), "position": (err.get("loc") or [None, None])[-1]}
-        loc = [p for p in err.get("loc", ()) if p != "body"]
-        text = f"{'.'.join(str(p) for p in loc[2:] or loc)}: {err.get('msg')}"
-        if len(loc) >= 2 and loc[0] == "records" and isinstance(loc[1], int):
-            by_record.setdefault(loc[1], []).append(text)
-        else:
-            other.append(text)
-    context: dict[str, Any] = {}
-    if by_record:
-        context["errors"] = [{"index": i, "errors": e} for i, e in sorted(by_record.items())]
-    if other:
-        context["request_errors"] = other
-    return "VALIDATION_FAILED", context
+    in_body = [{**err, "loc": tuple(p for p in err.get("loc", ()) if p != "body")} for err in errors]
+    return "VALIDATION_FAILED", grouped_errors(in_body)
 
 
 def install(app: FastAPI) -> None:

@@ -58,7 +58,7 @@ def envelope(
     try:
         request = IngestRequest.model_validate(parsed)
     except ValidationError as exc:
-        context = _grouped(exc.errors())
+        context = grouped_errors(exc.errors())
         rows = parsed.get("records") if isinstance(parsed, dict) else None
         if isinstance(rows, list) and any(isinstance(r, dict) and "payload" not in r for r in rows):
             context["hint"] = "wrap each row in payload: {\"idempotency_key\": ..., \"payload\": {...row...}}"
@@ -72,8 +72,9 @@ def envelope(
     return request.wait_for_visibility, request.visibility_timeout_ms, entries
 
 
-def _grouped(errors: list[Any]) -> dict[str, Any]:
-    """pydantic errors grouped by record index, so every bad record is named once."""
+def grouped_errors(errors: list[Any]) -> dict[str, Any]:
+    """pydantic errors grouped by record index, so every bad record is named once (the ingest
+    body's own check and FastAPI's request validation both answer this way)."""
     by_record: dict[int, list[str]] = {}
     other: list[str] = []
     for err in errors:
