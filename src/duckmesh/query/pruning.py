@@ -143,13 +143,24 @@ def matches(column_type: str, stored: Any, allowed: frozenset[Literal]) -> bool 
     """Whether a file whose partition value is ``stored`` can hold rows one term keeps: True or
     False when every literal of the term is comparable with the column's type, None (keep the
     file) when one is not (DuckDB would cast, and a cast is not ours to predict)."""
+    values = allowed_values(column_type, allowed)
+    return None if values is None else admits(column_type, stored, values)
+
+
+def allowed_values(column_type: str, allowed: frozenset[Literal]) -> frozenset[Any] | None:
+    """A term's literals typed for the column — once per query, not per file — or None when one
+    of them is not comparable with it (then the term rules out no file)."""
     wanted = [_typed(column_type, literal) for literal in allowed]
-    if any(w is _UNKNOWN for w in wanted):
-        return None
+    return None if any(w is _UNKNOWN for w in wanted) else frozenset(wanted)
+
+
+def admits(column_type: str, stored: Any, values: frozenset[Any]) -> bool:
+    """Whether a file whose partition value is ``stored`` can hold a row whose value is one of
+    ``values``: never for NULL (it equals nothing); always for a value that cannot be typed."""
     if stored is None:
-        return False  # NULL equals nothing
+        return False
     value = _stored(column_type, stored)
-    return None if value is _UNKNOWN else value in wanted
+    return value is _UNKNOWN or value in values
 
 
 def _stored(column_type: str, stored: Any) -> Any:

@@ -386,6 +386,7 @@ def _pruned(files: list[DataFile], schema: TableSchema, fixed: dict[str, pruning
     if not columns or not partitions_prunable(schema):
         return files
     types = {c.name: c.type for c in schema.columns}
+    checks = [(c, values) for c in columns for term in fixed[c]
+              if (values := pruning.allowed_values(types[c], term)) is not None]
     return [f for f in files if all(
-        c not in f.partition or pruning.matches(types[c], f.partition[c], term) is not False
-        for c in columns for term in fixed[c])]
+        c not in f.partition or pruning.admits(types[c], f.partition[c], values) for c, values in checks)]
