@@ -60,6 +60,11 @@ _SNAPSHOT = {
     "created_by": "host:4121", "kind": "ingest", "max_visibility_token": 1234,
     "tables": {"events": {"files": 3, "rows": 1200, "bytes": 48213, "watermark": 1234}}, "pinned": False,
 }
+_READ_ONLY_EXAMPLE = {
+    "tenant_id": 1, "read_only": True, "global": None,
+    "tenant": {"scope": "tenant", "tenant_id": 1, "reason": "restoring a backup", "set_by": "k_123",
+               "since": "2026-01-01T10:00:00+00:00"},
+}
 _RUN = {"status": "completed", "summary": {"dry_run": False, "tables": {"events": {"status": "compacted"}}}}
 
 
@@ -222,9 +227,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "Read-only mode of the tenant (ops_admin)",
         "Whether the caller's tenant may write now, and the switch that stops it: its own (`tenant`) or the"
         " operator's global one (`global`, set only with the CLI: `duckmesh read-only on --global`).", None,
-        {"tenant_id": 1, "read_only": True, "global": None,
-         "tenant": {"scope": "tenant", "tenant_id": 1, "reason": "restoring a backup", "set_by": "k_123",
-                    "since": "2026-01-01T10:00:00+00:00"}},
+        _READ_ONLY_EXAMPLE,
     ),
     ("put", "/v1/read-only"): Operation(
         "Switch the tenant's read-only mode (ops_admin)",
@@ -233,9 +236,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         " visible; `enabled: false` ends it. Audited; every API process applies it at once (NOTIFY), at the"
         " latest after 5 s.",
         {"enabled": True, "reason": "restoring a backup"},
-        {"tenant_id": 1, "read_only": True, "global": None,
-         "tenant": {"scope": "tenant", "tenant_id": 1, "reason": "restoring a backup", "set_by": "k_123",
-                    "since": "2026-01-01T10:00:00+00:00"}},
+        _READ_ONLY_EXAMPLE,
     ),
     ("post", "/v1/keys"): Operation(
         "Create an API key (ops_admin)",

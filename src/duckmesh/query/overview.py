@@ -141,15 +141,16 @@ class OverviewReader:
         keyed = [t for t in defs if t.schema.keyed]
         async with self._pool.connection() as conn:
             head = await snapshots.head(conn, principal.tenant_id)
-        known = {t.table_name: _LOGICAL_ROWS.get(self._pool.dsn, t.table_id, head.snapshot_id) for t in keyed}
-        missing = [t for t in keyed if known[t.table_name] is None]
-        counts, outcome = await self._counts(principal, missing, trace_id)
+        counts = {t.table_name: n for t in keyed
+                  if (n := _LOGICAL_ROWS.get(self._pool.dsn, t.table_id, head.snapshot_id)) is not None}
+        missing = [t for t in keyed if t.table_name not in counts]
+        fresh, outcome = await self._counts(principal, missing, trace_id)
         if outcome is not None and outcome.snapshot.snapshot_id is not None:
             at = outcome.snapshot.snapshot_id
             for table in missing:
-                _LOGICAL_ROWS.put((self._pool.dsn, table.table_id, at), counts[table.table_name])
-        found = {**counts, **{name: n for name, n in known.items() if n is not None}}
-        return {t.table_name: found.get(t.table_name) if t.schema.keyed else t.stats.rows for t in defs}
+                _LOGICAL_ROWS.put((self._pool.dsn, table.table_id, at), fresh[table.table_name])
+        counts.update(fresh)
+        return {t.table_name: counts.get(t.table_name) if t.schema.keyed else t.stats.rows for t in defs}
 
     async def _run(self, principal: Principal, sql: str, row_limit: int, trace_id: str | None) -> QueryOutcome:
         return await self._query.execute(principal, QueryRequest(sql=sql, row_limit=row_limit), trace_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
 
 from duckmesh.catalog import snapshots, tables
@@ -10,7 +11,7 @@ from duckmesh.catalog.commit import CommitPlan, SnapshotRetained, WatermarkPolic
 from duckmesh.catalog.db import CatalogPool
 from duckmesh.catalog.snapshots import DataFile, Snapshot
 from duckmesh.catalog.tables import TableDef
-from duckmesh.domain import SnapshotId, SnapshotKind, TenantId
+from duckmesh.domain import SnapshotId, SnapshotKind, TableId, TenantId
 
 
 async def restore_snapshot(
@@ -55,9 +56,16 @@ async def restore_preview(pool: CatalogPool, tenant_id: TenantId, snapshot_id: i
         target = await snapshots.live_files(conn, tenant_id, snapshot_id)
         at_target = {p.table.table_id for p in await tables.tables_of_snapshot(conn, tenant_id, snapshot_id)}
 
-    def of(files: list[DataFile], table: TableDef) -> list[DataFile]:
-        return [f for f in files if f.table_id == table.table_id]
-
-    return [TableChange(t, frozenset(f.file_id for f in of(now, t)), frozenset(f.file_id for f in of(target, t)),
-                        sum(f.record_count for f in of(now, t)), sum(f.record_count for f in of(target, t)),
+    now_by, target_by = _by_table(now), _by_table(target)
+    return [TableChange(t, frozenset(f.file_id for f in now_by[t.table_id]),
+                        frozenset(f.file_id for f in target_by[t.table_id]),
+                        sum(f.record_count for f in now_by[t.table_id]),
+                        sum(f.record_count for f in target_by[t.table_id]),
                         t.table_id in at_target) for t in live]
+
+
+def _by_table(files: list[DataFile]) -> defaultdict[TableId, list[DataFile]]:
+    grouped: defaultdict[TableId, list[DataFile]] = defaultdict(list)
+    for file in files:
+        grouped[file.table_id].append(file)
+    return grouped
